@@ -1,0 +1,319 @@
+"""The NumPy adapter: ndarrays, NumPy and Python scalars, nested in dicts, lists and tuples."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from gradguard.adapter import Adapter, FlatView, IndexArray, scalar_loss_value
+from gradguard.errors import GradientError, InvalidParamsError
+from gradguard.layout import Layout
+from gradguard.numerics import SUPPORTED_DTYPES
+
+__all__ = ["NumpyAdapter", "NumpyView", "is_numpy_tree"]
+
+FloatArray = npt.NDArray[np.float64]
+_LEAF_TYPES = (np.ndarray, np.generic, numbers.Number)
+ROOT_NAME = "params"
+
+
+def _is_leaf(obj: object) -> bool:
+    return isinstance(obj, _LEAF_TYPES)
+
+
+def is_numpy_tree(obj: object) -> bool:
+    """Whether ``obj`` is an array, a number, or dicts/lists/tuples holding only those."""
+    if _is_leaf(obj):
+        return True
+    if isinstance(obj, dict):
+        return all(is_numpy_tree(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return all(is_numpy_tree(v) for v in obj)
+    return False
+
+
+def _walk(obj: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Yield ``(path, leaf)`` in a fixed order: dict insertion order, then list positions."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _walk(value, (*path, str(key)))
+    elif isinstance(obj, list | tuple):
+        for position, value in enumerate(obj):
+            yield from _walk(value, (*path, str(position)))
+    else:
+        yield path, obj
+
+
+def _name(path: tuple[str, ...]) -> str:
+    return ".".join(path) if path else ROOT_NAME
+
+
+def _rebuild(template: Any, leaves: Iterator[Any]) -> Any:
+    """The container structure of ``template`` with its leaves replaced, in walk order."""
+    if isinstance(template, dict):
+        return type(template)((key, _rebuild(value, leaves)) for key, value in template.items())
+    if isinstance(template, list):
+        return [_rebuild(value, leaves) for value in template]
+    if isinstance(template, tuple):
+        items = [_rebuild(value, leaves) for value in template]
+        return type(template)(*items) if hasattr(template, "_fields") else tuple(items)
+    return next(leaves)
+
+
+class _Leaf:
+    """One parameter tensor: the array the loss sees, and how to present it."""
+
+    def __init__(self, name: str, value: Any) -> None:
+        self.name = name
+        self.scalar_type: type | None = None
+        if isinstance(value, bool | np.bool_):
+            raise InvalidParamsError(
+                f"parameter {name!r} is a bool; only float parameters can be checked"
+            )
+        if isinstance(value, np.ndarray):
+            array = value
+        elif isinstance(value, np.generic):
+            array = np.array(value)
+            self.scalar_type = type(value)
+        elif isinstance(value, numbers.Real):
+            if isinstance(value, numbers.Integral):
+                raise InvalidParamsError(
+                    f"parameter {name!r} is the integer {value!r}; gradients need floats "
+                    f"(write {float(value)!r})"
+                )
+            array = np.array(float(value), dtype=np.float64)
+            self.scalar_type = np.float64
+        else:
+            raise InvalidParamsError(
+                f"parameter {name!r} is a {type(value).__name__}, which the NumPy adapter "
+                "cannot check (complex numbers, objects)"
+            )
+        if array.dtype not in SUPPORTED_DTYPES:
+            kind = "integer" if np.issubdtype(array.dtype, np.integer) else str(array.dtype)
+            if array.dtype == np.bool_:
+                kind = "bool"
+            raise InvalidParamsError(
+                f"parameter {name!r} (shape {array.shape}) has {kind} dtype {array.dtype}; "
+                "only float16, float32 and float64 tensors can be checked: cast it, e.g. "
+                f"params[...] = value.astype(np.float64), or leave it out of params"
+            )
+        # The user's own array is perturbed in place when NumPy allows it, so a loss that
+        # reads the arrays through a closure sees the perturbation too; otherwise a private
+        # copy is perturbed and handed to the loss.
+        self.in_place = self.scalar_type is None and array.flags.writeable
+        self.array: np.ndarray[Any, Any] = array if self.in_place else array.copy()
+        self.flat = self.array.reshape(-1) if self.array.flags.c_contiguous else None
+        self.saved = np.array(self.array, copy=True)
+
+    def present(self) -> Any:
+        """The value the loss receives for this leaf."""
+        if self.scalar_type is not None:
+            return self.scalar_type(self.array[()])
+        return self.array
+
+    def set(self, index: IndexArray | None, values: FloatArray) -> None:
+        if self.flat is not None:
+            if index is None:
+                self.flat[...] = values
+            else:
+                self.flat[index] = values
+        else:  # a non-contiguous view of the user's array: go through multi-indices
+            target = np.unravel_index(
+                np.arange(self.array.size) if index is None else index, self.array.shape
+            )
+            self.array[target] = values
+
+    def get(self, index: IndexArray | None) -> np.ndarray[Any, Any]:
+        flat = self.array.reshape(-1)  # a copy only for non-contiguous arrays
+        return flat if index is None else flat[index]
+
+    def reset(self, index: IndexArray | None) -> None:
+        saved = self.saved.reshape(-1)
+        self.set(index, saved if index is None else saved[index])
+
+    def restore(self) -> None:
+        np.copyto(self.array, self.saved)
+
+
+class NumpyView(FlatView):
+    """A flat view over NumPy parameters; evaluations replay NumPy's global random state."""
+
+    adapter = "numpy"
+
+    def __init__(self, params: Any, loss: Callable[..., Any], grad: Any) -> None:
+        self._template = params
+        self._leaves = [_Leaf(_name(path), value) for path, value in _walk(params, ())]
+        self._leaves = [leaf for leaf in self._leaves if leaf.array.size > 0] or self._leaves
+        if not self._leaves or all(leaf.array.size == 0 for leaf in self._leaves):
+            raise InvalidParamsError(
+                "params is empty: there is no parameter to check (pass the arrays the loss "
+                "depends on, e.g. {'W': W, 'b': b})"
+            )
+        self._all_paths = [path for path, _ in _walk(params, ())]
+        self.layout = Layout.from_tensors(
+            [(leaf.name, leaf.array.shape, leaf.array.dtype) for leaf in self._leaves]
+        )
+        self._loss = loss
+        self._grad = grad
+        self._rebuilds = any(not leaf.in_place for leaf in self._leaves) or len(
+            self._leaves
+        ) != len(self._all_paths)
+        self._loss_dtype: np.dtype[Any] = min(
+            (leaf.array.dtype for leaf in self._leaves), key=lambda d: np.finfo(d).bits
+        )
+        self._random_state = np.random.get_state()
+
+    # -- what the loss sees --------------------------------------------------------------
+
+    def _presented(self) -> Any:
+        if not self._rebuilds:
+            return self._template
+        by_name = {leaf.name: leaf for leaf in self._leaves}
+        original = dict(_walk(self._template, ()))
+        values = (
+            by_name[_name(path)].present() if _name(path) in by_name else original[path]
+            for path in self._all_paths
+        )
+        return _rebuild(self._template, values)
+
+    def _call(self, function: Callable[..., Any]) -> Any:
+        # Every evaluation sees the same global random stream (dropout written with
+        # np.random), and the caller's stream is put back when the view closes.
+        np.random.set_state(self._random_state)
+        return function(self._presented())
+
+    # -- FlatView ------------------------------------------------------------------------
+
+    def original(self, segment: int) -> FloatArray:
+        return self._leaves[segment].saved.reshape(-1).astype(np.float64)
+
+    def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
+        leaf = self._leaves[segment]
+        leaf.set(index, values)
+        if leaf.array.dtype == np.float64:
+            return values
+        return leaf.get(index).astype(np.float64)
+
+    def reset(self, segment: int, index: IndexArray | None) -> None:
+        self._leaves[segment].reset(index)
+
+    def evaluate(self) -> float:
+        value = self._call(self._loss)
+        result = scalar_loss_value(value)
+        dtype = getattr(value, "dtype", None)
+        if dtype is not None and dtype in SUPPORTED_DTYPES:
+            # The loss is only as precise as its least precise input or its own result.
+            self._loss_dtype = min(self._loss_dtype, dtype, key=lambda d: np.finfo(d).bits)
+        return result
+
+    @property
+    def loss_dtype(self) -> np.dtype[Any]:
+        return self._loss_dtype
+
+    def gradient(self) -> FloatArray:
+        if self._grad is None:
+            raise GradientError(
+                "the NumPy adapter has no autodiff: pass the analytic gradient, "
+                "check(loss, params, grad) with grad(params) returning the same structure "
+                "as params (or the gradient structure itself)"
+            )
+        grad = self._call(self._grad) if callable(self._grad) else self._grad
+        return _flatten_gradient(self._template, grad, self._leaves, self.layout.size)
+
+    def restore(self) -> None:
+        for leaf in self._leaves:
+            leaf.restore()
+        np.random.set_state(self._random_state)
+
+
+def _flatten_gradient(template: Any, grad: Any, leaves: list[_Leaf], size: int) -> FloatArray:
+    """Check that ``grad`` mirrors ``template`` and flatten it in layout order."""
+    flat = np.empty(size, dtype=np.float64)
+    by_name = {leaf.name: leaf for leaf in leaves}
+    offset = 0
+    for path, leaf_grad in _walk_like(template, grad, ()):
+        name = _name(path)
+        leaf = by_name.get(name)
+        if leaf is None:
+            continue
+        if leaf_grad is None:
+            raise GradientError(
+                f"the gradient for {name!r} is None; grad must return an array of shape "
+                f"{leaf.array.shape} for every parameter (zeros if the loss ignores it)"
+            )
+        try:
+            value = np.asarray(leaf_grad, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise GradientError(
+                f"the gradient for {name!r} is a {type(leaf_grad).__name__}, not an array "
+                f"of shape {leaf.array.shape}"
+            ) from exc
+        if value.shape != leaf.array.shape:
+            raise GradientError(
+                f"the gradient for {name!r} has shape {value.shape} but the parameter has "
+                f"shape {leaf.array.shape}; grad must return one array per parameter, "
+                "same shape (a transposed or unsummed gradient?)"
+            )
+        if not np.all(np.isfinite(value)):
+            bad = np.argwhere(~np.isfinite(value))
+            first = [int(i) for i in bad[0]] if value.ndim else []
+            raise GradientError(
+                f"the gradient for {name!r} (shape {value.shape}) holds {bad.shape[0]} "
+                f"non-finite value(s), the first at {first}: {value[tuple(first)]!r}; "
+                "fix the analytic gradient (a division by zero, a log of 0?)"
+            )
+        flat[offset : offset + value.size] = value.reshape(-1)
+        offset += value.size
+    return flat
+
+
+def _walk_like(template: Any, grad: Any, path: tuple[str, ...]) -> Iterator[tuple[Any, Any]]:
+    """Walk ``grad`` along the structure of ``template``, naming any mismatch."""
+    where = _name(path)
+    if isinstance(template, dict):
+        if not isinstance(grad, dict):
+            raise GradientError(
+                f"the gradient for {where!r} is a {type(grad).__name__}, but params there is "
+                "a dict: grad must mirror the structure of params"
+            )
+        missing = [str(k) for k in template if k not in grad]
+        extra = [str(k) for k in grad if k not in template]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if extra:
+                parts.append(f"unexpected keys {extra}")
+            raise GradientError(
+                f"the gradient dict at {where!r} has " + " and ".join(parts) + "; it must have "
+                "the same keys as params (a common slip: 'dW1' instead of 'W1')"
+            )
+        for key, value in template.items():
+            yield from _walk_like(value, grad[key], (*path, str(key)))
+    elif isinstance(template, list | tuple):
+        if not isinstance(grad, list | tuple) or len(grad) != len(template):
+            kind = f"a {type(grad).__name__}"
+            if isinstance(grad, list | tuple):
+                kind += f" of length {len(grad)}"
+            raise GradientError(
+                f"the gradient for {where!r} is {kind}, but params there is a "
+                f"{type(template).__name__} of length {len(template)}"
+            )
+        for position, (value, g) in enumerate(zip(template, grad, strict=True)):
+            yield from _walk_like(value, g, (*path, str(position)))
+    else:
+        yield path, grad
+
+
+class NumpyAdapter(Adapter):
+    """Claims NumPy arrays and scalars, and dicts, lists and tuples of them."""
+
+    name: ClassVar[str] = "numpy"
+    autodiff: ClassVar[bool] = False
+
+    def open(self, params: Any, loss: Callable[..., Any], grad: Any) -> FlatView:
+        return NumpyView(params, loss, grad)

@@ -1,0 +1,57 @@
+"""gradguard: are the gradients your code computes right?
+
+>>> import gradguard as gg
+>>> report = gg.check(loss, params, grad)  # doctest: +SKIP
+>>> print(report)  # doctest: +SKIP
+
+Importing gradguard imports no ML framework; framework adapters arrive as plugins.
+"""
+
+from __future__ import annotations
+
+from gradguard.adapter import Adapter, FlatView
+from gradguard.api import check, find_adapter
+from gradguard.context import CheckContext
+from gradguard.engine import Settings
+from gradguard.errors import (
+    AdapterNotFoundError,
+    GradGuardError,
+    GradientCheckError,
+    GradientError,
+    InvalidParamsError,
+    LossError,
+    PluginLoadError,
+    SettingsError,
+)
+from gradguard.layout import Layout, Segment
+from gradguard.plugins import get_plugin_manager, hookimpl, register, unregister
+from gradguard.report import CheckReport, ParamReport, Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "AdapterNotFoundError",
+    "CheckContext",
+    "CheckReport",
+    "FlatView",
+    "GradGuardError",
+    "GradientCheckError",
+    "GradientError",
+    "InvalidParamsError",
+    "Layout",
+    "LossError",
+    "ParamReport",
+    "PluginLoadError",
+    "Segment",
+    "Settings",
+    "SettingsError",
+    "Status",
+    "__version__",
+    "check",
+    "find_adapter",
+    "get_plugin_manager",
+    "hookimpl",
+    "register",
+    "unregister",
+]

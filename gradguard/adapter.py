@@ -1,0 +1,151 @@
+"""The contract between the engine and a framework adapter.
+
+An adapter plugin answers the ``gradguard_adapter_claim`` hook with an :class:`Adapter` for the
+params containers it understands. :meth:`Adapter.open` returns a :class:`FlatView`: the
+engine's only window onto the user's parameters. The engine reads original values, writes
+perturbed values at flat positions of one tensor at a time, evaluates the loss, asks for the
+analytic gradient, and puts values back; it never sees a framework object.
+
+A view is a context manager, and leaving it, normally or by any exception including
+``KeyboardInterrupt``, must leave every parameter bit-identical to what it was (write the
+saved originals back; never subtract the step).
+"""
+
+from __future__ import annotations
+
+import abc
+import types
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from gradguard.errors import LossError
+from gradguard.layout import Layout
+
+__all__ = ["Adapter", "FlatView", "IndexArray", "scalar_loss_value"]
+
+IndexArray = npt.NDArray[np.intp]
+"""Flat positions inside one tensor."""
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class FlatView(abc.ABC):
+    """A checkable, restorable flat view of one params container.
+
+    Attributes:
+        layout: The named tensors, in flat order.
+        adapter: The name of the adapter that made the view (recorded in reports).
+    """
+
+    layout: Layout
+    adapter: str
+
+    @abc.abstractmethod
+    def original(self, segment: int) -> FloatArray:
+        """The tensor's values when the view was opened, flattened, as float64 (a copy)."""
+
+    @abc.abstractmethod
+    def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
+        """Write ``values`` at flat positions ``index`` of a tensor (``None``: the whole tensor).
+
+        Values are rounded to the tensor's dtype. Returns the values actually stored, as
+        float64, so the engine can use the exact step that was taken.
+        """
+
+    @abc.abstractmethod
+    def reset(self, segment: int, index: IndexArray | None) -> None:
+        """Write the original values back at ``index`` of a tensor (``None``: the whole tensor)."""
+
+    @abc.abstractmethod
+    def evaluate(self) -> float:
+        """Evaluate the loss at the current values and return it as a Python float.
+
+        Raises:
+            LossError: the loss is not a scalar (use :func:`scalar_loss_value`).
+        """
+
+    @property
+    @abc.abstractmethod
+    def loss_dtype(self) -> np.dtype[Any]:
+        """The floating dtype the loss is computed in (valid after the first evaluation)."""
+
+    @abc.abstractmethod
+    def gradient(self) -> FloatArray:
+        """The analytic gradient at the original values, flattened in layout order, as float64.
+
+        Raises:
+            GradientError: the gradient is missing, has the wrong structure or shape,
+                or is not finite.
+        """
+
+    @abc.abstractmethod
+    def restore(self) -> None:
+        """Put every tensor (and any state the evaluations touched) back exactly."""
+
+    def __enter__(self) -> FlatView:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self.restore()
+
+
+class Adapter(abc.ABC):
+    """Turns one kind of params container into a :class:`FlatView`.
+
+    Attributes:
+        name: A short name for reports and logs (``"numpy"``, ``"torch"``, ...).
+        autodiff: Whether the adapter can compute the analytic gradient itself
+            (``check(..., grad=None)``).
+    """
+
+    name: ClassVar[str]
+    autodiff: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def open(self, params: Any, loss: Callable[..., Any], grad: Any) -> FlatView:
+        """Validate the inputs and return a view; nothing is modified until the engine writes.
+
+        Args:
+            params: The container this adapter claimed.
+            loss: ``loss(params) -> scalar``.
+            grad: A callable ``grad(params)`` returning the gradient in params' structure,
+                that structure itself, or ``None`` for the adapter's own autodiff.
+
+        Raises:
+            InvalidParamsError: the params cannot be checked.
+            GradientError: ``grad`` is ``None`` and the adapter has no autodiff.
+        """
+
+
+def scalar_loss_value(value: Any) -> float:
+    """Convert a loss value to a Python float, or raise :class:`LossError` if it is not a scalar.
+
+    Accepts Python numbers and anything array-like with exactly one element.
+    """
+    if isinstance(value, bool):
+        raise LossError(f"the loss returned a bool ({value!r}); it must return a float scalar")
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # an object NumPy cannot read at all
+        raise LossError(
+            f"the loss returned {type(value).__name__}, which is not a number; "
+            "it must return a scalar (a float or a 1-element array)"
+        ) from exc
+    if array.size != 1:
+        raise LossError(
+            f"the loss returned an array of shape {array.shape}; it must return a scalar "
+            "(reduce it, e.g. with .mean() or .sum())"
+        )
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise LossError(f"the loss returned a value of dtype {array.dtype}; it must be a float")
+    return float(array.reshape(()))

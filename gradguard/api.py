@@ -1,0 +1,117 @@
+"""``gradguard.check``: the front door every other front door calls."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+from gradguard.adapter import Adapter
+from gradguard.context import CheckContext
+from gradguard.engine import Settings, run_check
+from gradguard.errors import AdapterNotFoundError, LossError
+from gradguard.plugins import get_plugin_manager
+from gradguard.report import CheckReport
+
+__all__ = ["check", "find_adapter", "notify"]
+
+
+def find_adapter(params: object) -> Adapter:
+    """The adapter that claims ``params``, asked through the ``gradguard_adapter_claim`` hook.
+
+    Raises:
+        AdapterNotFoundError: no registered adapter claims it; the message lists those asked.
+    """
+    manager = get_plugin_manager()
+    adapter = manager.hook.gradguard_adapter_claim(params=params)
+    if adapter is None:
+        asked = [
+            manager.get_name(impl.plugin)
+            for impl in manager.hook.gradguard_adapter_claim.get_hookimpls()
+        ]
+        raise AdapterNotFoundError(
+            f"no gradguard adapter understands params of type {type(params).__module__}."
+            f"{type(params).__qualname__}; adapters asked: {', '.join(asked) or 'none'}. "
+            "Pass arrays or dicts/lists/tuples of arrays, a framework model or tensor whose "
+            "adapter is installed (pip install 'gradguard[torch]'), or register an adapter "
+            "plugin for it"
+        )
+    if not isinstance(adapter, Adapter):
+        raise AdapterNotFoundError(
+            f"an adapter plugin returned {adapter!r}, which is not a gradguard.Adapter"
+        )
+    return adapter
+
+
+def notify(report: CheckReport, context: CheckContext) -> None:
+    """Call every ``gradguard_check_completed`` implementation; one that raises only warns."""
+    manager = get_plugin_manager()
+    arguments = {"report": report, "context": context}
+    for impl in reversed(manager.hook.gradguard_check_completed.get_hookimpls()):
+        try:
+            impl.function(*(arguments[name] for name in impl.argnames))
+        except Exception as exc:
+            warnings.warn(
+                f"gradguard reporter {impl.plugin_name!r} failed: {type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
+def check(
+    loss: Callable[..., Any],
+    params: Any,
+    grad: Any = None,
+    *,
+    eps: float | None = None,
+    tolerance: float | None = None,
+    sample: int | Literal["all"] | None = None,
+    directions: int | None = None,
+    seed: int | None = None,
+    log_file: str | None = None,
+) -> CheckReport:
+    """Check an analytic gradient against central differences of the loss, tensor by tensor.
+
+    The default strategy probes each tensor along a few random directions (every element
+    takes part) and at a stratified sample of coordinates (every tensor gets some), with a
+    step and a tolerance chosen for the dtype the loss is computed in. Seed mode,
+    ``eps=1e-7, tolerance=1e-7, sample="all", directions=0``, is the seed recipe exactly.
+
+    Args:
+        loss: ``loss(params) -> scalar``, computed from the values in ``params``.
+        params: The parameters: arrays, scalars, or dicts/lists/tuples of them (or a model,
+            with a framework adapter).
+        grad: ``grad(params)`` returning the gradient in params' structure, that structure
+            itself, or ``None`` for the adapter's autodiff (NumPy has none).
+        eps: Absolute step; default ``u**(1/3) * max(1, |x|)`` for the loss's dtype.
+        tolerance: Tolerance on the relative difference; default by dtype
+            (1e-6 float64, 1e-2 float32, 1e-1 float16).
+        sample: ``None`` (default: 32 coordinates, at least one per tensor), an int k, or
+            ``"all"`` (every coordinate).
+        directions: Random directions per tensor (default 2; 0 with ``sample="all"``).
+        seed: Seed for the private generator that picks coordinates and directions;
+            drawn at random and recorded in the report when ``None``.
+        log_file: Append the check's record to this JSON-lines file.
+
+    Returns:
+        The :class:`CheckReport`; ``report.raise_for_failure()`` turns a failure into an
+        exception, ``print(report)`` shows the per-tensor table.
+
+    Raises:
+        SettingsError: an option is out of range, or there is nothing to check.
+        InvalidParamsError: params cannot be checked (empty, integer, unsupported type).
+        LossError: the loss is not a finite scalar.
+        GradientError: the gradient is missing, mis-shaped or not finite.
+    """
+    settings = Settings(
+        eps=eps, tolerance=tolerance, sample=sample, directions=directions, seed=seed
+    )
+    if not callable(loss):
+        raise LossError(
+            f"loss must be a callable loss(params) -> scalar, got {type(loss).__name__}"
+        )
+    adapter = find_adapter(params)
+    with adapter.open(params, loss, grad) as view:
+        report = run_check(view, settings)
+    notify(report, CheckContext(source="check", log_file=log_file))
+    return report

@@ -1,0 +1,60 @@
+"""The exceptions gradguard raises.
+
+Every error caused by the caller's input derives from :class:`GradGuardError`, and also from
+the built-in exception a Python programmer would expect (``TypeError`` for a wrong kind of
+object, ``ValueError`` for a wrong value), so ``except ValueError`` keeps working.
+Messages name the tensor, its shape and dtype where one is involved, and say what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterNotFoundError",
+    "GradGuardError",
+    "GradientCheckError",
+    "GradientError",
+    "InvalidParamsError",
+    "LossError",
+    "PluginLoadError",
+    "SettingsError",
+]
+
+
+class GradGuardError(Exception):
+    """Base class of every error gradguard raises on purpose."""
+
+
+class SettingsError(GradGuardError, ValueError):
+    """A check option is out of range or inconsistent (``eps <= 0``, nothing to check, ...)."""
+
+
+class InvalidParamsError(GradGuardError, TypeError):
+    """The parameters cannot be checked: empty, integer or bool arrays, unsupported leaves."""
+
+
+class AdapterNotFoundError(InvalidParamsError):
+    """No registered adapter claimed the params container."""
+
+
+class LossError(GradGuardError, ValueError):
+    """The loss function returned something that is not a finite scalar."""
+
+
+class GradientError(GradGuardError, ValueError):
+    """The analytic gradient is missing, has the wrong structure or shape, or is not finite."""
+
+
+class PluginLoadError(GradGuardError, RuntimeError):
+    """A plugin could not be imported or registered; the message names it."""
+
+
+class GradientCheckError(GradGuardError, AssertionError):
+    """Raised by :meth:`CheckReport.raise_for_failure` when the gradient check failed.
+
+    It carries the report, so a test or a training loop can look at the failing tensors.
+    It derives from ``AssertionError`` so that pytest shows it as a failed assertion.
+    """
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report

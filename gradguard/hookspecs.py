@@ -1,0 +1,49 @@
+"""The hooks a gradguard plugin can implement.
+
+Every hook is called with keyword arguments only, so a plugin may accept a subset of them.
+Implement a hook by decorating a function named exactly like it with
+:data:`gradguard.hookimpl`; ``docs/plugins.md`` documents each one (a test keeps it in step).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gradguard.adapter import Adapter
+    from gradguard.context import CheckContext
+    from gradguard.report import CheckReport
+
+__all__ = ["gradguard_adapter_claim", "gradguard_check_completed", "hookspec"]
+
+hookspec = pluggy.HookspecMarker("gradguard")
+
+
+@hookspec(firstresult=True)
+def gradguard_adapter_claim(params: object) -> Adapter | None:  # type: ignore[empty-body]
+    """Claim a params container: return an :class:`~gradguard.adapter.Adapter` for it, or None.
+
+    First result wins: the first plugin to return an adapter handles the check. Built-in
+    adapters are ``trylast``, so a third-party plugin can take over any container.
+    An implementation must not import its framework to answer: if the user holds one of its
+    objects, the framework is already in ``sys.modules``.
+
+    Args:
+        params: The object the user passed as ``params`` (an array, a model, a dict, ...).
+    """
+
+
+@hookspec
+def gradguard_check_completed(report: CheckReport, context: CheckContext) -> None:
+    """Observe a finished check: write it to a log, a dashboard, a tracker.
+
+    Called once per check, after every parameter has been restored. Every implementation
+    is called; one that raises is reported as a warning and does not stop the others.
+
+    Args:
+        report: The check's :class:`~gradguard.report.CheckReport`.
+        context: Where the check ran (:class:`~gradguard.context.CheckContext`): the front
+            door, the training step, the run id, the log file asked for.
+    """

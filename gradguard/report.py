@@ -1,0 +1,253 @@
+"""What a check returns: a verdict per tensor and overall, printable and JSON-ready."""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+import attrs
+
+from gradguard.errors import GradientCheckError
+
+__all__ = ["CheckReport", "ParamReport", "Status"]
+
+
+class Status(enum.StrEnum):
+    """How a tensor (or a whole check) ended.
+
+    ``PASS`` and ``NON_DIFFERENTIABLE`` never fail a check; ``FAIL`` always does;
+    ``NONDETERMINISTIC`` (the loss gives different values at the same point) fails it,
+    because no gradient verdict can be trusted then.
+    """
+
+    PASS = "pass"
+    FAIL = "fail"
+    NON_DIFFERENTIABLE = "non-differentiable"
+    NONDETERMINISTIC = "nondeterministic"
+
+
+def _json_float(value: float | None) -> float | None:
+    """A float that strict JSON can hold (NaN and infinities become null)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@attrs.frozen
+class ParamReport:
+    """The verdict on one tensor.
+
+    Attributes:
+        name: The tensor's name.
+        shape: Its shape.
+        dtype: Its dtype, as a string.
+        status: How it ended (see :class:`Status`).
+        difference: The seed's relative difference over this tensor's judged probes
+            (sampled coordinates and directional derivatives; probes that straddle a kink
+            are left out).
+        tolerance: The tolerance this tensor was judged against.
+        coordinates: How many of its elements were probed one by one.
+        directions: How many random directions were probed over the whole tensor.
+        kinks: How many probes straddled a non-differentiable point and were left out.
+        worst_index: The element with the largest disagreement (a coordinate probe, or the
+            element a failing direction was narrowed down to), or ``None``.
+        worst_analytic: The analytic partial derivative at ``worst_index``.
+        worst_numeric: The central-difference estimate at ``worst_index``.
+        hint: One line saying what the numbers suggest, or ``""``.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    status: Status
+    difference: float
+    tolerance: float
+    coordinates: int
+    directions: int
+    kinks: int = 0
+    worst_index: tuple[int, ...] | None = None
+    worst_analytic: float | None = None
+    worst_numeric: float | None = None
+    hint: str = ""
+
+    @property
+    def passed(self) -> bool:
+        """Whether this tensor does not count against the check."""
+        return self.status in (Status.PASS, Status.NON_DIFFERENTIABLE)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A strict-JSON-ready dict (built-in types only, no NaN or infinity)."""
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "status": self.status.value,
+            "passed": self.passed,
+            "difference": _json_float(self.difference),
+            "tolerance": _json_float(self.tolerance),
+            "coordinates": self.coordinates,
+            "directions": self.directions,
+            "kinks": self.kinks,
+            "worst_index": None if self.worst_index is None else list(self.worst_index),
+            "worst_analytic": _json_float(self.worst_analytic),
+            "worst_numeric": _json_float(self.worst_numeric),
+            "hint": self.hint,
+        }
+
+
+@attrs.frozen
+class CheckReport:
+    """The result of one gradient check.
+
+    Attributes:
+        passed: ``True`` when no tensor failed and the loss was deterministic.
+        status: The overall :class:`Status`.
+        difference: The seed's relative difference over every probe of the check. In seed
+            mode (every coordinate, ``eps=1e-7``) it is the seed recipe's number.
+        tolerance: The tolerance the check was judged against (the loosest, if tensors of
+            different dtypes were judged differently).
+        eps: The step: absolute when given by the caller, otherwise the relative step
+            (a coordinate x is perturbed by ``eps * max(1, |x|)``).
+        eps_relative: Whether ``eps`` is relative to the coordinates' scale.
+        params: One :class:`ParamReport` per tensor, in the container's order.
+        evaluations: How many times the loss was evaluated.
+        gradient_calls: How many times the analytic gradient was computed.
+        seed: The seed of the private generator that drew coordinates and directions.
+        duration_s: Wall-clock time of the check.
+        adapter: The adapter that read the params (``"numpy"``, ...).
+        dtype: The dtype the loss was computed in.
+        sample: The coordinate sampling asked for (``None`` for the default, an int, ``"all"``).
+        loss: The loss value at the unperturbed parameters.
+        hint: A check-level hint (nondeterminism), or ``""``.
+    """
+
+    passed: bool
+    status: Status
+    difference: float
+    tolerance: float
+    eps: float
+    eps_relative: bool
+    params: tuple[ParamReport, ...]
+    evaluations: int
+    gradient_calls: int
+    seed: int
+    duration_s: float
+    adapter: str
+    dtype: str
+    sample: int | str | None
+    loss: float
+    hint: str = ""
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        """Names of the tensors whose gradient is wrong."""
+        return tuple(p.name for p in self.params if p.status is Status.FAIL)
+
+    def __getitem__(self, name: str) -> ParamReport:
+        """The report of the tensor called ``name``."""
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(f"no tensor named {name!r}; tensors: {', '.join(self.names)}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The checked tensors' names, in order."""
+        return tuple(p.name for p in self.params)
+
+    def raise_for_failure(self) -> CheckReport:
+        """Raise :class:`GradientCheckError` (with this report attached) unless the check passed.
+
+        Returns:
+            The report itself, so calls can be chained.
+        """
+        if not self.passed:
+            raise GradientCheckError(str(self), self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A strict-JSON-ready dict (built-in types only, no NaN or infinity)."""
+        return {
+            "passed": self.passed,
+            "status": self.status.value,
+            "difference": _json_float(self.difference),
+            "tolerance": _json_float(self.tolerance),
+            "eps": _json_float(self.eps),
+            "eps_relative": self.eps_relative,
+            "failed": list(self.failed),
+            "params": [p.to_dict() for p in self.params],
+            "evaluations": self.evaluations,
+            "gradient_calls": self.gradient_calls,
+            "seed": self.seed,
+            "duration_s": _json_float(self.duration_s),
+            "adapter": self.adapter,
+            "dtype": self.dtype,
+            "sample": self.sample,
+            "loss": _json_float(self.loss),
+            "hint": self.hint,
+        }
+
+    def __str__(self) -> str:
+        return format_report(self)
+
+
+def _fmt_number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if value != 0.0 else "0"
+
+
+def _fmt_index(index: tuple[int, ...] | None) -> str:
+    if index is None:
+        return "-"
+    return "[" + ", ".join(str(i) for i in index) + "]"
+
+
+def format_report(report: CheckReport) -> str:
+    """The readable per-tensor table that ``str(report)`` shows."""
+    if report.status is Status.NONDETERMINISTIC:
+        headline = "gradguard: NONDETERMINISTIC loss, gradients not judged"
+    elif report.passed:
+        headline = f"gradguard: PASSED, all {len(report.params)} tensors agree"
+    else:
+        headline = (
+            f"gradguard: FAILED, {len(report.failed)} of {len(report.params)} tensors wrong: "
+            + ", ".join(report.failed)
+        )
+    step = f"eps {report.eps:.3g}{' relative' if report.eps_relative else ''}"
+    summary = (
+        f"  difference {report.difference:.3e} (tolerance {report.tolerance:.0e}), {step}, "
+        f"{report.dtype}, {report.evaluations} evaluations, {report.duration_s:.3f} s, "
+        f"seed {report.seed}"
+    )
+    header = ("tensor", "shape", "status", "difference", "probes", "worst at", "analytic", "numeric")
+    rows = [header]
+    for p in report.params:
+        probes = f"{p.coordinates}c+{p.directions}d"
+        if p.kinks:
+            probes += f" ({p.kinks} kink{'s' if p.kinks > 1 else ''})"
+        rows.append(
+            (
+                p.name,
+                str(p.shape),
+                p.status.value.upper() if p.status is Status.FAIL else p.status.value,
+                f"{p.difference:.2e}",
+                probes,
+                _fmt_index(p.worst_index),
+                _fmt_number(p.worst_analytic),
+                _fmt_number(p.worst_numeric),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [headline, summary, ""]
+    for row in rows:
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    hints = [(p.name, p.hint) for p in report.params if p.hint]
+    if report.hint or hints:
+        lines.append("")
+    if report.hint:
+        lines.append(f"  hint: {report.hint}")
+    for name, hint in hints:
+        lines.append(f"  {name}: {hint}")
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,87 @@
+"""Which coordinates and which directions a check probes, drawn from a private generator.
+
+Nothing here touches NumPy's global random state: every draw comes from the
+``numpy.random.Generator`` the caller passes, seeded from the check's recorded seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["allocate", "rademacher_direction", "sample_coordinates"]
+
+
+def allocate(sizes: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
+    """Split ``k`` coordinates over tensors of the given sizes, stratified.
+
+    Every tensor gets at least one coordinate (biases included) when ``k`` allows; the rest go
+    in proportion to the tensors' sizes (largest remainder), never more than a tensor holds.
+    When ``k`` is smaller than the number of tensors, ``k`` tensors drawn at random get one
+    each (the random directions still cover every tensor).
+    """
+    n_tensors = len(sizes)
+    counts = [0] * n_tensors
+    total = sum(sizes)
+    k = min(k, total)
+    if k <= 0:
+        return counts
+    if k < n_tensors:
+        for t in rng.choice(n_tensors, size=k, replace=False):
+            counts[int(t)] = 1
+        return counts
+    counts = [1 if size > 0 else 0 for size in sizes]
+    remaining = k - sum(counts)
+    while remaining > 0:
+        room = [size - c for size, c in zip(sizes, counts, strict=True)]
+        capacity = sum(room)
+        if capacity == 0:
+            break
+        shares = [remaining * r / capacity for r in room]
+        whole = [min(int(s), r) for s, r in zip(shares, room, strict=True)]
+        given = sum(whole)
+        if given < remaining:
+            order = sorted(
+                range(n_tensors), key=lambda t: (shares[t] - whole[t], room[t]), reverse=True
+            )
+            for t in order:
+                if given == remaining:
+                    break
+                if whole[t] < room[t]:
+                    whole[t] += 1
+                    given += 1
+        counts = [c + w for c, w in zip(counts, whole, strict=True)]
+        remaining -= given
+    return counts
+
+
+def sample_coordinates(
+    sizes: Sequence[int], counts: Sequence[int], rng: np.random.Generator
+) -> list[npt.NDArray[np.intp]]:
+    """Draw ``counts[t]`` distinct flat positions in each tensor ``t``, sorted."""
+    picks = []
+    for size, count in zip(sizes, counts, strict=True):
+        if count >= size:
+            picks.append(np.arange(size, dtype=np.intp))
+        elif count == 0:
+            picks.append(np.empty(0, dtype=np.intp))
+        else:
+            chosen = rng.choice(size, size=count, replace=False)
+            picks.append(np.sort(chosen).astype(np.intp))
+    return picks
+
+
+def rademacher_direction(size: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+    """A random unit vector with entries ``+-1/sqrt(size)``.
+
+    Every element takes part with the same weight, so an error in any single element changes
+    the directional derivative by a known amount, and drawing signs from random bits is
+    several times cheaper than Gaussian samples on million-element tensors.
+    """
+    bits = np.unpackbits(np.frombuffer(rng.bytes((size + 7) // 8), dtype=np.uint8))[:size]
+    direction = bits.astype(np.float64)
+    direction *= 2.0 / np.sqrt(size)
+    direction -= 1.0 / np.sqrt(size)
+    return direction

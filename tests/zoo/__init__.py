@@ -1,0 +1,1 @@
+"""Test zoo of hand-written NumPy models."""
