@@ -55,7 +55,7 @@ def forward(x: np.ndarray, y: np.ndarray, p: dict[str, np.ndarray]) -> tuple[flo
 def backward(
     x: np.ndarray, y: np.ndarray, p: dict[str, np.ndarray], buggy: bool
 ) -> dict[str, np.ndarray]:
-    _, (z1, a1, z2, a2, _z3, a3) = forward(x, y, p)
+    _, (_z1, a1, _z2, a2, _z3, a3) = forward(x, y, p)
     m = x.shape[1]
     dz3 = a3 - y
     dw3 = dz3 @ a2.T / m
@@ -114,8 +114,9 @@ def main() -> None:
     print(f"   difference = {seed_recipe(x, y, params, 1e-7):.12g}  -> 'wrong', but where?\n")
 
     print("2. gradguard in seed mode: the same number, and the tensors that are wrong.")
-    report = gg.check(loss, params, buggy_grad, eps=1e-7, tolerance=1e-7, sample="all",
-                      directions=0, seed=0)
+    report = gg.check(
+        loss, params, buggy_grad, eps=1e-7, tolerance=1e-7, sample="all", directions=0, seed=0
+    )
     print(report, "\n")
 
     print("3. gradguard's default check on the same buggy backprop:")

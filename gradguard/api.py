@@ -25,10 +25,7 @@ def find_adapter(params: object) -> Adapter:
     manager = get_plugin_manager()
     adapter = manager.hook.gradguard_adapter_claim(params=params)
     if adapter is None:
-        asked = [
-            manager.get_name(impl.plugin)
-            for impl in manager.hook.gradguard_adapter_claim.get_hookimpls()
-        ]
+        asked = [impl.plugin_name for impl in manager.hook.gradguard_adapter_claim.get_hookimpls()]
         raise AdapterNotFoundError(
             f"no gradguard adapter understands params of type {type(params).__module__}."
             f"{type(params).__qualname__}; adapters asked: {', '.join(asked) or 'none'}. "

@@ -18,8 +18,10 @@ def _plugins(_: argparse.Namespace) -> int:
         hooks = sorted(
             caller.name for caller in manager.get_hookcallers(plugin) or () if caller.name
         )
-        print(f"{name:<18} {getattr(plugin, '__name__', type(plugin).__name__):<28} "
-              f"{', '.join(hooks)}")
+        print(
+            f"{name:<18} {getattr(plugin, '__name__', type(plugin).__name__):<28} "
+            f"{', '.join(hooks)}"
+        )
     return 0
 
 

@@ -22,7 +22,7 @@ hookspec = pluggy.HookspecMarker("gradguard")
 
 
 @hookspec(firstresult=True)
-def gradguard_adapter_claim(params: object) -> Adapter | None:  # type: ignore[empty-body]
+def gradguard_adapter_claim(params: object) -> Adapter | None:
     """Claim a params container: return an :class:`~gradguard.adapter.Adapter` for it, or None.
 
     First result wins: the first plugin to return an adapter handles the check. Built-in

@@ -29,7 +29,7 @@ class Segment:
     """One named tensor inside the flat vector.
 
     Attributes:
-        name: The tensor's name, as the user knows it (``"W1"``, ``"layer1.W"``, ``"dense/kernel"``).
+        name: The tensor's name as the user knows it (``"W1"``, ``"layer1.W"``, ``"dense/kernel"``).
         shape: The tensor's shape (``()`` for a scalar).
         dtype: The tensor's dtype (float16, float32 or float64).
         offset: Where the tensor starts in the flat vector.

@@ -221,7 +221,16 @@ def format_report(report: CheckReport) -> str:
         f"{report.dtype}, {report.evaluations} evaluations, {report.duration_s:.3f} s, "
         f"seed {report.seed}"
     )
-    header = ("tensor", "shape", "status", "difference", "probes", "worst at", "analytic", "numeric")
+    header = (
+        "tensor",
+        "shape",
+        "status",
+        "difference",
+        "probes",
+        "worst at",
+        "analytic",
+        "numeric",
+    )
     rows = [header]
     for p in report.params:
         probes = f"{p.coordinates}c+{p.directions}d"
