@@ -431,11 +431,11 @@ def _fails(
     probe that is far off is not averaged away by the noise allowance of many good ones.
     """
     gap = np.abs(numeric - analytic)
-    relative = tol * (np.linalg.norm(analytic) + np.linalg.norm(numeric))
+    relative = tol * float(np.linalg.norm(analytic) + np.linalg.norm(numeric))
     # A tensor whose true gradient is ~0 is judged against the model's gradient scale
     # instead of against itself (noise/noise); for an ordinary tensor the relative term rules.
     floor = tol * scale * math.sqrt(analytic.size)
-    allowed = max(relative, floor) + _NOISE_FACTOR * np.linalg.norm(noise)
+    allowed = max(relative, floor) + _NOISE_FACTOR * float(np.linalg.norm(noise))
     if float(np.linalg.norm(gap)) > allowed:
         return True
     return bool(np.any(gap > _probe_allowance(tol, analytic, numeric, noise, scale)))
