@@ -449,11 +449,11 @@ def _judge(run: _Run, s: int, members: npt.NDArray[np.intp], scale: float) -> _J
     numeric = np.array([p.numeric[i] for i in members])
     noise = np.array([p.roundoff[i] for i in members])
     if not _fails(tol, analytic, numeric, noise, scale):
-        return _finish(run, s, members, analytic, numeric, noise, Status.PASS, 0, scale)
+        return _finish(run, s, members, analytic, numeric, noise, Status.PASS, (0, 0), scale)
 
     # Second look: every probe again at half the step.
     keep = np.ones(members.size, dtype=bool)
-    kinks = 0
+    verified = 0
     for j, i in enumerate(members):
         first = _Difference(p.numeric[i], p.analytic[i], p.forward[i], p.backward[i], noise[j])
         if p.is_direction[i]:
@@ -477,16 +477,16 @@ def _judge(run: _Run, s: int, members: npt.NDArray[np.intp], scale: float) -> _J
             if abs(best - first.analytic) <= allowed + 4.0 * _NOISE_FACTOR * first.roundoff:
                 numeric[j] = best
                 noise[j] = 4.0 * first.roundoff
+                verified += 1
             else:
                 keep[j] = False
-                kinks += 1
         else:
             noise[j] = first.roundoff + half.roundoff + error
     if not keep.any():
         return _Judgement(
             status=Status.NON_DIFFERENTIABLE,
             difference=relative_difference(analytic, numeric),
-            kinks=kinks,
+            kinks=members.size,
             worst_index=None,
             worst_analytic=None,
             worst_numeric=None,
@@ -498,7 +498,8 @@ def _judge(run: _Run, s: int, members: npt.NDArray[np.intp], scale: float) -> _J
     kept = members[keep]
     a, n, e = analytic[keep], numeric[keep], noise[keep]
     status = Status.FAIL if _fails(tol, a, n, e, scale) else Status.PASS
-    return _finish(run, s, kept, a, n, e, status, kinks, scale)
+    excluded = int(members.size - kept.size)
+    return _finish(run, s, kept, a, n, e, status, (verified, excluded), scale)
 
 
 def _finish(
@@ -509,7 +510,7 @@ def _finish(
     numeric: FloatArray,
     noise: FloatArray,
     status: Status,
-    kinks: int,
+    kinks: tuple[int, int],
     scale: float,
 ) -> _Judgement:
     """Name the worst element and write the hint, localizing a failure if needed."""
@@ -535,20 +536,36 @@ def _finish(
             if found is not None:
                 worst = found
                 localized = True
-    hint = ""
+    difference = relative_difference(analytic, numeric)
+    verified, excluded = kinks
     if status is Status.FAIL:
         hint = _diagnose(analytic, numeric, localized, worst)
-    elif kinks:
-        hint = f"{kinks} probe{'s' if kinks > 1 else ''} straddled a kink and were left out"
+    else:
+        notes = []
+        if verified:
+            notes.append(f"{_probes(verified)} straddled a kink, verified from its clean side")
+        if excluded:
+            notes.append(f"{_probes(excluded)} straddled a kink and were left out")
+        if difference > tol:
+            notes.append(
+                "the difference exceeds the tolerance but not the finite-difference noise "
+                "measured at two steps (a loss large next to its gradient, or eps too small "
+                "for the dtype)"
+            )
+        hint = "; ".join(notes)
     return _Judgement(
         status=status,
-        difference=relative_difference(analytic, numeric),
-        kinks=kinks,
+        difference=difference,
+        kinks=verified + excluded,
         worst_index=None if worst is None else worst[0],
         worst_analytic=None if worst is None else worst[1],
         worst_numeric=None if worst is None else worst[2],
         hint=hint,
     )
+
+
+def _probes(count: int) -> str:
+    return f"{count} probe{'s' if count > 1 else ''}"
 
 
 def _bisect(
