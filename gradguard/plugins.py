@@ -22,6 +22,7 @@ for instance a third-party plugin that fails to import.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from collections.abc import Callable
@@ -64,12 +65,29 @@ def blocked_names() -> frozenset[str]:
     return frozenset(name for name in raw.replace(",", " ").split() if name)
 
 
+def _check_hooks(manager: pluggy.PluginManager, plugin: object, name: str | None) -> None:
+    """Refuse a plugin that implements a ``gradguard_`` hook that does not exist (a typo)."""
+    known = [n for n in vars(hookspecs) if n.startswith("gradguard_")]
+    for caller in manager.get_hookcallers(plugin) or ():
+        if caller.spec is None and caller.name.startswith("gradguard_"):
+            manager.unregister(plugin)
+            close = difflib.get_close_matches(caller.name, known, n=1)
+            suggestion = f" (did you mean {close[0]}?)" if close else ""
+            raise PluginLoadError(
+                f"the gradguard plugin {name!r} implements {caller.name}, which is not a "
+                f"gradguard hook{suggestion}; hooks: {', '.join(sorted(known))}"
+            )
+
+
 def _load(
     manager: pluggy.PluginManager, name: str, loader: Callable[[], object], origin: str
 ) -> None:
     try:
         plugin = loader()
         manager.register(plugin, name=name)
+        _check_hooks(manager, plugin, name)
+    except PluginLoadError:
+        raise
     except Exception as exc:
         raise PluginLoadError(
             f"the gradguard plugin {name!r} ({origin}) failed to load: "
@@ -127,6 +145,7 @@ def register(plugin: object, name: str | None = None) -> str:
         ) from exc
     if registered is None:
         raise PluginLoadError(f"the gradguard plugin {name!r} is blocked ({BLOCK_ENV})")
+    _check_hooks(manager, plugin, registered)
     return registered
 
 

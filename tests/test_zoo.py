@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from zoo import numpy_models
 
 import gradguard as gg
+from zoo import numpy_models
 
 CASES = numpy_models.all_cases()
 SEEDS = (0, 1, 2)

@@ -1,0 +1,35 @@
+"""Every example runs, and prints what a user should see."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def _run(name: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_seed_example_shows_the_recipe_number_and_the_wrong_tensors() -> None:
+    """The seed example prints the recipe's number, the same in seed mode, and names b1, W2."""
+    out = _run("seed_example.py")
+    recipe = float(re.search(r"difference = ([0-9.e-]+)", out).group(1))  # type: ignore[union-attr]
+    seed_mode = float(re.search(r"difference ([0-9.e+-]+) \(tolerance 1e-07\)", out).group(1))  # type: ignore[union-attr]
+    assert abs(seed_mode - recipe) <= 1e-3 * recipe  # printed to 4 digits
+    assert out.count("FAILED, 2 of 6 tensors wrong: b1, W2") == 2
+    assert "analytic = 4 x numeric" in out and "analytic = 2 x numeric" in out
+    assert "PASSED, all 6 tensors agree" in out
+
+
+def test_every_example_is_tested() -> None:
+    """No example file escapes this module."""
+    tested = set(re.findall(r'_run\("(\w+\.py)"\)', pathlib.Path(__file__).read_text()))
+    assert {p.name for p in EXAMPLES.glob("*.py")} <= tested
