@@ -64,6 +64,11 @@ _ROUNDOFF_ULPS = 4.0
 _NOISE_FACTOR = 2.0
 
 
+def _as_builtin(value: object) -> object:
+    """NumPy scalars become Python ones, so reports stay plain JSON."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _check_positive(name: str) -> Callable[[object, attrs.Attribute[float | None], object], None]:
     def validate(_: object, __: attrs.Attribute[float | None], value: object) -> None:
         if value is None:
@@ -109,11 +114,21 @@ class Settings:
         seed: Seed of the private generator, or ``None`` to draw one (it is recorded).
     """
 
-    eps: float | None = attrs.field(default=None, validator=_check_positive("eps"))
-    tolerance: float | None = attrs.field(default=None, validator=_check_positive("tolerance"))
-    sample: int | Literal["all"] | None = attrs.field(default=None, validator=_check_sample)
-    directions: int | None = attrs.field(default=None, validator=_check_count("directions"))
-    seed: int | None = attrs.field(default=None, validator=_check_count("seed"))
+    eps: float | None = attrs.field(
+        default=None, converter=_as_builtin, validator=_check_positive("eps")
+    )
+    tolerance: float | None = attrs.field(
+        default=None, converter=_as_builtin, validator=_check_positive("tolerance")
+    )
+    sample: int | Literal["all"] | None = attrs.field(
+        default=None, converter=_as_builtin, validator=_check_sample
+    )
+    directions: int | None = attrs.field(
+        default=None, converter=_as_builtin, validator=_check_count("directions")
+    )
+    seed: int | None = attrs.field(
+        default=None, converter=_as_builtin, validator=_check_count("seed")
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.sample == 0 and self.resolved_directions == 0:

@@ -36,20 +36,27 @@ def is_numpy_tree(obj: object) -> bool:
     return False
 
 
-def _walk(obj: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """Yield ``(path, leaf)`` in a fixed order: dict insertion order, then list positions."""
+Path = tuple[Any, ...]
+
+
+def _walk(obj: Any, path: Path) -> Iterator[tuple[Path, Any]]:
+    """Yield ``(path, leaf)`` in a fixed order: dict insertion order, then list positions.
+
+    A path holds the raw dict keys and list positions, so that keys which print alike
+    (``1`` and ``"1"``) stay apart; :func:`_name` makes the printable name.
+    """
     if isinstance(obj, dict):
         for key, value in obj.items():
-            yield from _walk(value, (*path, str(key)))
+            yield from _walk(value, (*path, key))
     elif isinstance(obj, list | tuple):
         for position, value in enumerate(obj):
-            yield from _walk(value, (*path, str(position)))
+            yield from _walk(value, (*path, position))
     else:
         yield path, obj
 
 
-def _name(path: tuple[str, ...]) -> str:
-    return ".".join(path) if path else ROOT_NAME
+def _name(path: Path) -> str:
+    return ".".join(str(part) for part in path) if path else ROOT_NAME
 
 
 def _rebuild(template: Any, leaves: Iterator[Any]) -> Any:
@@ -67,8 +74,10 @@ def _rebuild(template: Any, leaves: Iterator[Any]) -> Any:
 class _Leaf:
     """One parameter tensor: the array the loss sees, and how to present it."""
 
-    def __init__(self, name: str, value: Any) -> None:
-        self.name = name
+    def __init__(self, path: Path, value: Any) -> None:
+        self.path = path
+        self.name = _name(path)
+        name = self.name
         self.scalar_type: type | None = None
         if isinstance(value, bool | np.bool_):
             raise InvalidParamsError(
@@ -146,22 +155,33 @@ class NumpyView(FlatView):
 
     def __init__(self, params: Any, loss: Callable[..., Any], grad: Any) -> None:
         self._template = params
-        self._leaves = [_Leaf(_name(path), value) for path, value in _walk(params, ())]
-        self._leaves = [leaf for leaf in self._leaves if leaf.array.size > 0] or self._leaves
-        if not self._leaves or all(leaf.array.size == 0 for leaf in self._leaves):
+        walked = list(_walk(params, ()))
+        leaves = [_Leaf(path, value) for path, value in walked]
+        self._leaves = [leaf for leaf in leaves if leaf.array.size > 0]
+        if not self._leaves:
             raise InvalidParamsError(
                 "params is empty: there is no parameter to check (pass the arrays the loss "
                 "depends on, e.g. {'W': W, 'b': b})"
             )
-        self._all_paths = [path for path, _ in _walk(params, ())]
+        seen: dict[str, Path] = {}
+        for leaf in self._leaves:
+            if leaf.name in seen:
+                raise InvalidParamsError(
+                    f"two parameters are both named {leaf.name!r} (at {list(seen[leaf.name])} "
+                    f"and {list(leaf.path)}); a report must name each tensor once: rename a "
+                    "key so that nested keys joined with '.' stay distinct"
+                )
+            seen[leaf.name] = leaf.path
+        self._by_path = {leaf.path: leaf for leaf in self._leaves}
+        # What the loss receives in place of each leaf: the live leaf, or the caller's
+        # own (empty) value that is not checked.
+        self._slots = [(self._by_path.get(path), value) for path, value in walked]
         self.layout = Layout.from_tensors(
             [(leaf.name, leaf.array.shape, leaf.array.dtype) for leaf in self._leaves]
         )
         self._loss = loss
         self._grad = grad
-        self._rebuilds = any(not leaf.in_place for leaf in self._leaves) or len(
-            self._leaves
-        ) != len(self._all_paths)
+        self._rebuilds = any(not leaf.in_place for leaf in self._leaves)
         self._loss_dtype: np.dtype[Any] = min(
             (leaf.array.dtype for leaf in self._leaves), key=lambda d: np.finfo(d).bits
         )
@@ -172,12 +192,7 @@ class NumpyView(FlatView):
     def _presented(self) -> Any:
         if not self._rebuilds:
             return self._template
-        by_name = {leaf.name: leaf for leaf in self._leaves}
-        original = dict(_walk(self._template, ()))
-        values = (
-            by_name[_name(path)].present() if _name(path) in by_name else original[path]
-            for path in self._all_paths
-        )
+        values = (value if leaf is None else leaf.present() for leaf, value in self._slots)
         return _rebuild(self._template, values)
 
     def _call(self, function: Callable[..., Any]) -> Any:
@@ -222,7 +237,7 @@ class NumpyView(FlatView):
                 "as params (or the gradient structure itself)"
             )
         grad = self._call(self._grad) if callable(self._grad) else self._grad
-        return _flatten_gradient(self._template, grad, self._leaves, self.layout.size)
+        return _flatten_gradient(self._template, grad, self._by_path, self.layout.size)
 
     def restore(self) -> None:
         for leaf in self._leaves:
@@ -230,16 +245,17 @@ class NumpyView(FlatView):
         np.random.set_state(self._random_state)
 
 
-def _flatten_gradient(template: Any, grad: Any, leaves: list[_Leaf], size: int) -> FloatArray:
+def _flatten_gradient(
+    template: Any, grad: Any, leaves: dict[Path, _Leaf], size: int
+) -> FloatArray:
     """Check that ``grad`` mirrors ``template`` and flatten it in layout order."""
     flat = np.empty(size, dtype=np.float64)
-    by_name = {leaf.name: leaf for leaf in leaves}
     offset = 0
     for path, leaf_grad in _walk_like(template, grad, ()):
-        name = _name(path)
-        leaf = by_name.get(name)
-        if leaf is None:
+        leaf = leaves.get(path)
+        if leaf is None:  # an empty parameter: nothing to check
             continue
+        name = leaf.name
         if leaf_grad is None:
             raise GradientError(
                 f"the gradient for {name!r} is None; grad must return an array of shape "
@@ -271,7 +287,7 @@ def _flatten_gradient(template: Any, grad: Any, leaves: list[_Leaf], size: int) 
     return flat
 
 
-def _walk_like(template: Any, grad: Any, path: tuple[str, ...]) -> Iterator[tuple[Any, Any]]:
+def _walk_like(template: Any, grad: Any, path: Path) -> Iterator[tuple[Path, Any]]:
     """Walk ``grad`` along the structure of ``template``, naming any mismatch."""
     where = _name(path)
     if isinstance(template, dict):
@@ -293,7 +309,7 @@ def _walk_like(template: Any, grad: Any, path: tuple[str, ...]) -> Iterator[tupl
                 "the same keys as params (a common slip: 'dW1' instead of 'W1')"
             )
         for key, value in template.items():
-            yield from _walk_like(value, grad[key], (*path, str(key)))
+            yield from _walk_like(value, grad[key], (*path, key))
     elif isinstance(template, list | tuple):
         if not isinstance(grad, list | tuple) or len(grad) != len(template):
             kind = f"a {type(grad).__name__}"
@@ -304,7 +320,7 @@ def _walk_like(template: Any, grad: Any, path: tuple[str, ...]) -> Iterator[tupl
                 f"{type(template).__name__} of length {len(template)}"
             )
         for position, (value, g) in enumerate(zip(template, grad, strict=True)):
-            yield from _walk_like(value, g, (*path, str(position)))
+            yield from _walk_like(value, g, (*path, position))
     else:
         yield path, grad
 
