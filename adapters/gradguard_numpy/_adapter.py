@@ -245,9 +245,7 @@ class NumpyView(FlatView):
         np.random.set_state(self._random_state)
 
 
-def _flatten_gradient(
-    template: Any, grad: Any, leaves: dict[Path, _Leaf], size: int
-) -> FloatArray:
+def _flatten_gradient(template: Any, grad: Any, leaves: dict[Path, _Leaf], size: int) -> FloatArray:
     """Check that ``grad`` mirrors ``template`` and flatten it in layout order."""
     flat = np.empty(size, dtype=np.float64)
     offset = 0
