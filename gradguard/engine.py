@@ -28,7 +28,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import attrs
 import numpy as np
@@ -160,8 +160,7 @@ class _Probes:
     roundoff: list[float] = attrs.Factory(list)
 
 
-@attrs.frozen
-class _Difference:
+class _Difference(NamedTuple):
     """One central difference, with its one-sided halves and round-off estimate."""
 
     numeric: float
@@ -184,6 +183,8 @@ class _Run:
         self.loss0 = math.nan
         self.jitter = 0.0  # |J(theta) - J(theta)| seen at the unperturbed point
         self.originals: list[FloatArray] = []
+        self.rms: list[float] = []
+        self._buffers: dict[int, tuple[FloatArray, FloatArray]] = {}
         self.grad: FloatArray = np.empty(0)
         self.directions: list[list[FloatArray]] = []
         self.probes = _Probes()
@@ -194,13 +195,15 @@ class _Run:
 
     # -- evaluations ---------------------------------------------------------------------
 
-    def loss(self, where: str) -> float:
+    def loss(self, s: int | None = None, local: int | None = None, step: float = 0.0) -> float:
+        """Evaluate the loss; ``s``, ``local`` and ``step`` only name the point in an error."""
         value = self.view.evaluate()
         self.evaluations += 1
         if not math.isfinite(value):
             raise LossError(
-                f"the loss is {value} {where}; gradients can only be checked where the loss "
-                "is finite (check the inputs, a log of 0, an overflow in exp)"
+                f"the loss is {value} {self._describe(s, local, step)}; gradients can only be "
+                "checked where the loss is finite (check the inputs, a log of 0, an overflow "
+                "in exp)"
             )
         return value
 
@@ -208,12 +211,14 @@ class _Run:
         segment = self.layout[s]
         return self.grad[segment.offset : segment.stop]
 
-    def _describe(self, s: int, local: int | None, sign: str, step: float) -> str:
+    def _describe(self, s: int | None, local: int | None, step: float) -> str:
+        if s is None:
+            return "at the unperturbed parameters"
         segment = self.layout[s]
         if local is None:
-            return f"when {segment.name} is perturbed along a direction by {sign}{step:.3g}"
+            return f"when {segment.name} is perturbed along a direction by {step:+.3g}"
         index = list(segment.unravel(local))
-        return f"when {segment.name}{index} is perturbed by {sign}{step:.3g}"
+        return f"when {segment.name}{index} is perturbed by {step:+.3g}"
 
     def coordinate(self, s: int, local: int, scale: float = 1.0) -> _Difference:
         """Central difference along one element (``scale`` shrinks the step)."""
@@ -221,9 +226,9 @@ class _Run:
         step = self.h * max(1.0, abs(x)) * scale if self.relative_step else self.h * scale
         index = np.array([local], dtype=np.intp)
         plus = float(self.view.write(s, index, np.array([x + step]))[0])
-        j_plus = self.loss(self._describe(s, local, "+", step))
+        j_plus = self.loss(s, local, step)
         minus = float(self.view.write(s, index, np.array([x - step]))[0])
-        j_minus = self.loss(self._describe(s, local, "-", step))
+        j_minus = self.loss(s, local, -step)
         self.view.reset(s, index)
         if self.relative_step:
             d_plus, d_minus = plus - x, x - minus  # the steps actually taken after rounding
@@ -240,19 +245,22 @@ class _Run:
     def direction(self, s: int, v: FloatArray, scale: float = 1.0) -> _Difference:
         """Central difference along a unit vector over one tensor (zeros allowed)."""
         x = self.originals[s]
-        if self.relative_step:
-            rms = float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
-            step = self.h * max(1.0, rms) * scale
-        else:
-            step = self.h * scale
-        plus = self.view.write(s, None, x + step * v)
-        j_plus = self.loss(self._describe(s, None, "+", step))
-        minus = self.view.write(s, None, x - step * v)
-        j_minus = self.loss(self._describe(s, None, "-", step))
+        step = self.h * scale * (max(1.0, self.rms[s]) if self.relative_step else 1.0)
+        # Two reusable buffers per tensor: no fresh multi-megabyte temporaries per probe.
+        up, down = self.buffers(s)
+        np.multiply(v, step, out=up)
+        np.add(x, up, out=up)
+        plus = self.view.write(s, None, up)
+        j_plus = self.loss(s, None, step)
+        np.multiply(v, -step, out=down)
+        np.add(x, down, out=down)
+        minus = self.view.write(s, None, down)
+        j_minus = self.loss(s, None, -step)
         self.view.reset(s, None)
-        g = self.segment_grad(s)
-        # The analytic change along the steps actually stored (rounded to the tensor's dtype).
-        analytic = float(np.dot(g, plus - minus)) / (2.0 * step)
+        # The analytic change along the steps actually stored (rounded to the tensor's dtype),
+        # from their difference: dot(g, plus) - dot(g, minus) would cancel catastrophically.
+        np.subtract(plus, minus, out=up)
+        analytic = float(np.dot(self.segment_grad(s), up)) / (2.0 * step)
         return _Difference(
             numeric=(j_plus - j_minus) / (2.0 * step),
             analytic=analytic,
@@ -260,6 +268,12 @@ class _Run:
             backward=(self.loss0 - j_minus) / step,
             roundoff=self.noise(j_plus, j_minus) / (2.0 * step),
         )
+
+    def buffers(self, s: int) -> tuple[FloatArray, FloatArray]:
+        if s not in self._buffers:
+            size = self.layout[s].size
+            self._buffers[s] = (np.empty(size), np.empty(size))
+        return self._buffers[s]
 
     def noise(self, j_plus: float, j_minus: float) -> float:
         """A-priori error of ``J(+) - J(-)`` from round-off and observed jitter."""
@@ -305,8 +319,9 @@ def run_check(view: FlatView, settings: Settings) -> CheckReport:
     run = _Run(view, settings, seed)
     layout = view.layout
     run.originals = [view.original(s) for s in range(len(layout))]
+    run.rms = [float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0 for x in run.originals]
 
-    loss_a = run.loss("at the unperturbed parameters")
+    loss_a = run.loss()
     run.loss0 = loss_a
     loss_dtype = view.loss_dtype
     run.u = unit_roundoff(loss_dtype)
@@ -316,7 +331,7 @@ def run_check(view: FlatView, settings: Settings) -> CheckReport:
     )
     run.grad = view.gradient()
     run.gradient_calls += 1
-    loss_b = run.loss("at the unperturbed parameters (second evaluation)")
+    loss_b = run.loss()
     run.jitter = abs(loss_b - loss_a)
     base = {
         "eps": run.h,

@@ -1,0 +1,34 @@
+"""The benchmark scripts run (fast settings) and say what they measured; no timing is asserted."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=BENCHMARKS.parent
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_engine_benchmark_quick_run_reports_every_section() -> None:
+    """bench_engine.py --quick prints the overhead, the evaluation table and the seed comparison."""
+    out = _run(str(BENCHMARKS / "bench_engine.py"), "--quick")
+    assert "## 1. Engine overhead" in out and "## 2. Loss evaluations" in out
+    assert "## 3. Seed recipe vs gradguard" in out
+    assert "Parameters bit-identical after all checks: yes" in out
+    # Seed mode gives the recipe's number: the relative gap column reads 0.
+    assert out.count("| 0.0e+00 |") == 2
+
+
+def test_tolerance_sweep_runs_on_the_zoo() -> None:
+    """measure_tolerances.py sweeps both dtypes and marks the defaults."""
+    out = _run(str(BENCHMARKS / "measure_tolerances.py"), "--seeds", "1")
+    assert "| float64 | 1e-06 (default) |" in out
+    assert "| float32 | 0.01 (default) |" in out
