@@ -53,6 +53,8 @@ BLOCK_ENV = "GRADGUARD_BLOCK_PLUGINS"
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jsonl-reporter", "gradguard.reporters"),
     ("numpy", "gradguard_numpy"),
+    ("tensorflow", "gradguard_tensorflow"),
+    ("torch", "gradguard_torch"),
 )
 """``(name, module)`` of the plugins that ship with gradguard, registered in this order."""
 
