@@ -85,6 +85,15 @@ class FlatView(abc.ABC):
     def restore(self) -> None:
         """Put every tensor (and any state the evaluations touched) back exactly."""
 
+    @property
+    def notes(self) -> dict[str, str | int | float | bool | None]:
+        """Facts about how the check ran that a reader of the report needs (JSON values only).
+
+        For instance ``{"evaluation": "float64 shadow copy", "tf32": "disabled during the
+        check"}``. Read once, after the check; the default is empty.
+        """
+        return {}
+
     def __enter__(self) -> FlatView:
         return self
 

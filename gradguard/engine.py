@@ -404,6 +404,7 @@ def run_check(view: FlatView, settings: Settings) -> CheckReport:
         evaluations=run.evaluations,
         gradient_calls=run.gradient_calls,
         duration_s=time.perf_counter() - started,
+        notes=dict(view.notes),
         **base,  # type: ignore[arg-type]
     )
 
@@ -438,6 +439,7 @@ def _nondeterministic_report(
         gradient_calls=run.gradient_calls,
         duration_s=time.perf_counter() - started,
         hint=hint,
+        notes=dict(run.view.notes),
         **base,  # type: ignore[arg-type]
     )
 

@@ -120,6 +120,8 @@ class CheckReport:
         sample: The coordinate sampling asked for (``None`` for the default, an int, ``"all"``).
         loss: The loss value at the unperturbed parameters.
         hint: A check-level hint (nondeterminism), or ``""``.
+        notes: Facts the adapter recorded about how the check ran (a float64 shadow
+            evaluation, TF32 switched off, ...), JSON values only.
     """
 
     passed: bool
@@ -138,6 +140,7 @@ class CheckReport:
     sample: int | str | None
     loss: float
     hint: str = ""
+    notes: dict[str, str | int | float | bool | None] = attrs.field(factory=dict)
 
     @property
     def failed(self) -> tuple[str, ...]:
@@ -186,6 +189,9 @@ class CheckReport:
             "sample": self.sample,
             "loss": _json_float(self.loss),
             "hint": self.hint,
+            "notes": {
+                k: _json_float(v) if isinstance(v, float) else v for k, v in self.notes.items()
+            },
         }
 
     def __str__(self) -> str:
@@ -253,6 +259,8 @@ def format_report(report: CheckReport) -> str:
     for row in rows:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
     hints = [(p.name, p.hint) for p in report.params if p.hint]
+    if report.notes:
+        lines.append("  notes: " + ", ".join(f"{k}: {v}" for k, v in report.notes.items()))
     if report.hint or hints:
         lines.append("")
     if report.hint:
