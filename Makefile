@@ -19,8 +19,18 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
+DEMO_LOGS := demo-logs
+
 demo: $(STAMP)
+	@rm -rf $(DEMO_LOGS) && mkdir -p $(DEMO_LOGS)
+	@echo "=== 1. The seed's gradient check, in seed mode and in gradguard's default mode"
 	$(PY) examples/seed_example.py
+	@echo
+	@echo "=== 2. A NumPy model trained by hand, with a Guard in the loop"
+	$(PY) examples/numpy_training_loop.py --log $(DEMO_LOGS)/numpy_training_loop.jsonl
+	@echo
+	@echo "=== 3. gradguard report over the logs (exit code 1 would mean a failed check)"
+	$(VENV)/bin/gradguard report $(DEMO_LOGS)/*.jsonl --plot $(DEMO_LOGS)/gradcheck.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gradguard adapters tests examples benchmarks
@@ -34,6 +44,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/measure_tolerances.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache $(DEMO_LOGS)

@@ -17,12 +17,14 @@ from gradguard.errors import (
     AdapterNotFoundError,
     GradGuardError,
     GradientCheckError,
+    GradientCheckWarning,
     GradientError,
     InvalidParamsError,
     LossError,
     PluginLoadError,
     SettingsError,
 )
+from gradguard.guard import Guard
 from gradguard.layout import Layout, Segment
 from gradguard.plugins import get_plugin_manager, hookimpl, register, unregister
 from gradguard.report import CheckReport, ParamReport, Status
@@ -37,7 +39,9 @@ __all__ = [
     "FlatView",
     "GradGuardError",
     "GradientCheckError",
+    "GradientCheckWarning",
     "GradientError",
+    "Guard",
     "InvalidParamsError",
     "Layout",
     "LossError",

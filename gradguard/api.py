@@ -8,12 +8,13 @@ from typing import Any, Literal
 
 from gradguard.adapter import Adapter
 from gradguard.context import CheckContext
+from gradguard.coverage import Coverage
 from gradguard.engine import Settings, run_check
 from gradguard.errors import AdapterNotFoundError, LossError
 from gradguard.plugins import get_plugin_manager
 from gradguard.report import CheckReport
 
-__all__ = ["check", "find_adapter", "notify"]
+__all__ = ["check", "find_adapter", "notify", "notify_event", "run_one"]
 
 
 def find_adapter(params: object) -> Adapter:
@@ -42,9 +43,17 @@ def find_adapter(params: object) -> Adapter:
 
 def notify(report: CheckReport, context: CheckContext) -> None:
     """Call every ``gradguard_check_completed`` implementation; one that raises only warns."""
+    _call_all("gradguard_check_completed", {"report": report, "context": context})
+
+
+def notify_event(event: str, details: dict[str, Any], context: CheckContext) -> None:
+    """Call every ``gradguard_lifecycle_event`` implementation; one that raises only warns."""
+    _call_all("gradguard_lifecycle_event", {"event": event, "details": details, "context": context})
+
+
+def _call_all(hook: str, arguments: dict[str, Any]) -> None:
     manager = get_plugin_manager()
-    arguments = {"report": report, "context": context}
-    for impl in reversed(manager.hook.gradguard_check_completed.get_hookimpls()):
+    for impl in reversed(getattr(manager.hook, hook).get_hookimpls()):
         try:
             impl.function(*(arguments[name] for name in impl.argnames))
         except Exception as exc:
@@ -65,6 +74,7 @@ def check(
     sample: int | Literal["all"] | None = None,
     directions: int | None = None,
     seed: int | None = None,
+    tensors: list[str] | tuple[str, ...] | None = None,
     log_file: str | None = None,
 ) -> CheckReport:
     """Check an analytic gradient against central differences of the loss, tensor by tensor.
@@ -88,6 +98,7 @@ def check(
         directions: Random directions per tensor (default 2; 0 with ``sample="all"``).
         seed: Seed for the private generator that picks coordinates and directions;
             drawn at random and recorded in the report when ``None``.
+        tensors: Check only the tensors with these names (``None``: all of them).
         log_file: Append the check's record to this JSON-lines file.
 
     Returns:
@@ -101,14 +112,31 @@ def check(
         GradientError: the gradient is missing, mis-shaped or not finite.
     """
     settings = Settings(
-        eps=eps, tolerance=tolerance, sample=sample, directions=directions, seed=seed
+        eps=eps,
+        tolerance=tolerance,
+        sample=sample,
+        directions=directions,
+        seed=seed,
+        tensors=tensors,
     )
+    return run_one(loss, params, grad, settings, CheckContext(source="check", log_file=log_file))
+
+
+def run_one(
+    loss: Callable[..., Any],
+    params: Any,
+    grad: Any,
+    settings: Settings,
+    context: CheckContext,
+    coverage: Coverage | None = None,
+) -> CheckReport:
+    """One check with validated settings, reported to the plugins: what every front door calls."""
     if not callable(loss):
         raise LossError(
             f"loss must be a callable loss(params) -> scalar, got {type(loss).__name__}"
         )
     adapter = find_adapter(params)
     with adapter.open(params, loss, grad) as view:
-        report = run_check(view, settings)
-    notify(report, CheckContext(source="check", log_file=log_file))
+        report = run_check(view, settings, coverage)
+    notify(report, context)
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +26,32 @@ def _plugins(_: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from gradguard import analysis
+
+    logs = analysis.load(*args.logs)
+    summary = analysis.summarize(logs)
+    if len(logs) == 0:
+        print(
+            "gradguard: no gradguard records in "
+            + ", ".join(args.logs)
+            + (" (" + "; ".join(logs.notes) + ")" if logs.notes else ""),
+            file=sys.stderr,
+        )
+        return 2
+    if args.plot:
+        from gradguard.plot import plot_differences
+
+        written = plot_differences(logs, args.plot)
+        if not args.json:
+            print(f"plot written to {written}")
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(analysis.format_summary(summary))
+    return 0 if summary.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -34,6 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     plugins = commands.add_parser("plugins", help="list the registered plugins and their hooks")
     plugins.set_defaults(run=_plugins)
+    report = commands.add_parser(
+        "report",
+        help="summarize gradient-check logs; exit 1 if any check failed, 2 if unusable",
+        description=(
+            "Read JSON-lines logs written by gradguard (log_file=...) and summarize them: "
+            "runs, checks, failures by tensor with the first failing step, the worst difference "
+            "per tensor, statuses. Exit code 0: all checks passed; 1: a check failed; "
+            "2: unusable input."
+        ),
+    )
+    report.add_argument("logs", nargs="+", metavar="LOG", help="JSON-lines log file(s)")
+    report.add_argument("--json", action="store_true", help="print the summary as JSON")
+    report.add_argument("--plot", metavar="PNG", help="also draw differences over steps to PNG")
+    report.set_defaults(run=_report)
     return parser
 
 

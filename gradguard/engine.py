@@ -35,7 +35,9 @@ import numpy as np
 import numpy.typing as npt
 
 from gradguard.adapter import FlatView
+from gradguard.coverage import Coverage
 from gradguard.errors import LossError, SettingsError
+from gradguard.layout import Layout
 from gradguard.numerics import (
     default_step,
     default_tolerance,
@@ -67,6 +69,21 @@ _NOISE_FACTOR = 2.0
 def _as_builtin(value: object) -> object:
     """NumPy scalars become Python ones, so reports stay plain JSON."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _as_names(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise SettingsError(
+            f"tensors must be a list of tensor names, e.g. ['W1', 'b1'], got {value!r}"
+        )
+    names = tuple(value)
+    if not names or not all(isinstance(name, str) for name in names):
+        raise SettingsError(
+            f"tensors must be a non-empty list of tensor names, e.g. ['W1', 'b1'], got {value!r}"
+        )
+    return names
 
 
 def _check_positive(name: str) -> Callable[[object, attrs.Attribute[float | None], object], None]:
@@ -112,6 +129,9 @@ class Settings:
         sample: ``None`` (default strategy), an int k (k stratified coordinates) or ``"all"``.
         directions: Random directions per tensor, or ``None`` for the default.
         seed: Seed of the private generator, or ``None`` to draw one (it is recorded).
+        tensors: Names of the tensors to check, or ``None`` for all of them.
+        tensor_window: ``(start, count)``: check ``count`` tensors from position ``start``
+            (modulo the number of tensors), for front doors that rotate over the tensors.
     """
 
     eps: float | None = attrs.field(
@@ -129,6 +149,8 @@ class Settings:
     seed: int | None = attrs.field(
         default=None, converter=_as_builtin, validator=_check_count("seed")
     )
+    tensors: tuple[str, ...] | None = attrs.field(default=None, converter=_as_names)
+    tensor_window: tuple[int, int] | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.sample == 0 and self.resolved_directions == 0:
@@ -304,13 +326,21 @@ class _Judgement:
     hint: str
 
 
-def run_check(view: FlatView, settings: Settings) -> CheckReport:
+def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = None) -> CheckReport:
     """Run one gradient check on an open view and return its report.
 
     The caller owns the view (and restores it on exit); this function only writes perturbed
     values and resets each one after use.
 
+    Args:
+        view: The adapter's open view of the parameters.
+        settings: The check's options.
+        coverage: The run's coverage, for a front door that checks repeatedly: coordinates
+            are then taken from those not probed yet, and the report says how much of the
+            parameters has been probed so far.
+
     Raises:
+        SettingsError: ``settings.tensors`` names a tensor that does not exist.
         LossError: the loss is not finite somewhere it is evaluated.
         GradientError: the analytic gradient is unusable (raised by the view).
     """
@@ -318,6 +348,11 @@ def run_check(view: FlatView, settings: Settings) -> CheckReport:
     seed = settings.seed if settings.seed is not None else secrets.randbits(32)
     run = _Run(view, settings, seed)
     layout = view.layout
+    chosen = _chosen_segments(layout, settings.tensors)
+    if settings.tensor_window is not None:
+        start, count = settings.tensor_window
+        window = {chosen[(start + i) % len(chosen)] for i in range(min(count, len(chosen)))}
+        chosen = [s for s in chosen if s in window]
     run.originals = [view.original(s) for s in range(len(layout))]
     run.rms = [float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0 for x in run.originals]
 
@@ -344,9 +379,9 @@ def run_check(view: FlatView, settings: Settings) -> CheckReport:
         "tolerance": run.tolerance,
     }
     if run.jitter > _NONDETERMINISM_ULPS * run.u * max(abs(loss_a), abs(loss_b)):
-        return _nondeterministic_report(run, base, started, loss_a, loss_b)
+        return _nondeterministic_report(run, chosen, base, started, loss_a, loss_b)
 
-    sizes = [segment.size for segment in layout]
+    sizes = [layout[s].size for s in chosen]
     if settings.sample == "all":
         counts = list(sizes)
     else:
@@ -354,13 +389,23 @@ def run_check(view: FlatView, settings: Settings) -> CheckReport:
         if settings.sample is None:
             k = max(k, len(sizes))
         counts = allocate(sizes, k, run.rng)
-    picks = sample_coordinates(sizes, counts, run.rng)
+    if coverage is None:
+        chosen_picks = sample_coordinates(sizes, counts, run.rng)
+    else:
+        chosen_picks = [
+            coverage.take(layout[s].name, size, count)
+            for s, size, count in zip(chosen, sizes, counts, strict=True)
+        ]
+    picks: dict[int, npt.NDArray[np.intp]] = dict(zip(chosen, chosen_picks, strict=True))
     n_directions = settings.resolved_directions
     run.directions = [
-        [rademacher_direction(size, run.rng) for _ in range(n_directions)] for size in sizes
+        [rademacher_direction(segment.size, run.rng) for _ in range(n_directions)]
+        if s in picks
+        else []
+        for s, segment in enumerate(layout)
     ]
 
-    for s in range(len(layout)):
+    for s in chosen:
         for local in picks[s]:
             run.record(s, False, int(local), 1.0, run.coordinate(s, int(local)))
         for k_dir, v in enumerate(run.directions[s]):
@@ -375,7 +420,8 @@ def run_check(view: FlatView, settings: Settings) -> CheckReport:
 
     segment_of = np.array(run.probes.segment, dtype=np.intp)
     reports = []
-    for s, segment in enumerate(layout):
+    for s in chosen:
+        segment = layout[s]
         members = np.flatnonzero(segment_of == s)
         judgement = _judge(run, s, members, scale)
         reports.append(
@@ -405,12 +451,31 @@ def run_check(view: FlatView, settings: Settings) -> CheckReport:
         gradient_calls=run.gradient_calls,
         duration_s=time.perf_counter() - started,
         notes=dict(view.notes),
+        coverage=None if coverage is None else coverage.fraction(layout),
         **base,  # type: ignore[arg-type]
     )
 
 
+def _chosen_segments(layout: Layout, names: tuple[str, ...] | None) -> list[int]:
+    """The positions of the tensors to check, in layout order."""
+    if names is None:
+        return list(range(len(layout)))
+    unknown = [name for name in names if name not in layout.names]
+    if unknown:
+        raise SettingsError(
+            f"tensors names {unknown}, which are not in params; tensors: " + ", ".join(layout.names)
+        )
+    wanted = set(names)
+    return [s for s, segment in enumerate(layout) if segment.name in wanted]
+
+
 def _nondeterministic_report(
-    run: _Run, base: dict[str, object], started: float, loss_a: float, loss_b: float
+    run: _Run,
+    chosen: list[int],
+    base: dict[str, object],
+    started: float,
+    loss_a: float,
+    loss_b: float,
 ) -> CheckReport:
     hint = (
         f"the loss gave {loss_a!r} and then {loss_b!r} at the same parameters: dropout, "
@@ -428,7 +493,7 @@ def _nondeterministic_report(
             coordinates=0,
             directions=0,
         )
-        for segment in run.layout
+        for segment in (run.layout[s] for s in chosen)
     )
     return CheckReport(
         passed=False,

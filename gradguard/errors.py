@@ -12,6 +12,7 @@ __all__ = [
     "AdapterNotFoundError",
     "GradGuardError",
     "GradientCheckError",
+    "GradientCheckWarning",
     "GradientError",
     "InvalidParamsError",
     "LossError",
@@ -58,3 +59,10 @@ class GradientCheckError(GradGuardError, AssertionError):
     def __init__(self, message: str, report: object) -> None:
         super().__init__(message)
         self.report = report
+
+
+class GradientCheckWarning(UserWarning):
+    """Issued by a training-loop front door with ``on_failure="warn"`` when a check fails.
+
+    The message is the report's readable table.
+    """

@@ -7,7 +7,7 @@ Implement a hook by decorating a function named exactly like it with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -16,7 +16,13 @@ if TYPE_CHECKING:
     from gradguard.context import CheckContext
     from gradguard.report import CheckReport
 
-__all__ = ["gradguard_adapter_claim", "gradguard_check_completed", "hookspec"]
+__all__ = [
+    "gradguard_adapter_claim",
+    "gradguard_check_completed",
+    "gradguard_distributed_rank",
+    "gradguard_lifecycle_event",
+    "hookspec",
+]
 
 hookspec = pluggy.HookspecMarker("gradguard")
 
@@ -46,4 +52,34 @@ def gradguard_check_completed(report: CheckReport, context: CheckContext) -> Non
         report: The check's :class:`~gradguard.report.CheckReport`.
         context: Where the check ran (:class:`~gradguard.context.CheckContext`): the front
             door, the training step, the run id, the log file asked for.
+    """
+
+
+@hookspec
+def gradguard_lifecycle_event(event: str, details: dict[str, Any], context: CheckContext) -> None:
+    """Observe a front door changing state, such as a guard switching itself off.
+
+    Called like ``gradguard_check_completed`` (every implementation; one that raises only
+    warns). Events so far: ``"guard_disabled"``, with ``details["reason"]`` (``"passed"``:
+    ``max_checks`` checks passed; ``"environment"``: ``GRADGUARD_DISABLE`` is set;
+    ``"user"``: ``disable()`` was called) and ``details["checks"]`` (checks made so far).
+
+    Args:
+        event: The event's name.
+        details: JSON-ready fields describing it.
+        context: Where it happened (:class:`~gradguard.context.CheckContext`).
+    """
+
+
+@hookspec(firstresult=True)
+def gradguard_distributed_rank(params: object) -> int | None:
+    """The rank of this process in a distributed run that ``params`` takes part in, or None.
+
+    First result wins. A training-loop front door checks on rank 0 only by default and asks
+    this hook once, at its first step. An adapter answers for its own framework (for PyTorch,
+    ``torch.distributed.get_rank()`` when a process group is initialized); ``None`` means
+    not distributed, treated as rank 0.
+
+    Args:
+        params: The parameters the front door checks.
     """

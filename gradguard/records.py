@@ -12,7 +12,7 @@ from typing import Any
 from gradguard.context import CheckContext
 from gradguard.report import CheckReport
 
-__all__ = ["EVENT", "SCHEMA_VERSION", "check_record"]
+__all__ = ["EVENT", "SCHEMA_VERSION", "check_record", "lifecycle_record", "utc_timestamp"]
 
 SCHEMA_VERSION = 1
 EVENT = "gradcheck"
@@ -34,4 +34,17 @@ def check_record(report: CheckReport, context: CheckContext) -> dict[str, Any]:
         "source": context.source,
         "step": context.step,
         **body,
+    }
+
+
+def lifecycle_record(event: str, details: dict[str, Any], context: CheckContext) -> dict[str, Any]:
+    """One record for a front door's change of state (a guard disabling itself, ...)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "event": event,
+        "timestamp": utc_timestamp(),
+        "run_id": context.run_id,
+        "source": context.source,
+        "step": context.step,
+        **details,
     }

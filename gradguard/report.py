@@ -122,6 +122,8 @@ class CheckReport:
         hint: A check-level hint (nondeterminism), or ``""``.
         notes: Facts the adapter recorded about how the check ran (a float64 shadow
             evaluation, TF32 switched off, ...), JSON values only.
+        coverage: For checks made by a training-loop front door: the fraction of all
+            parameter elements probed one by one so far in the run (``None`` otherwise).
     """
 
     passed: bool
@@ -141,6 +143,7 @@ class CheckReport:
     loss: float
     hint: str = ""
     notes: dict[str, str | int | float | bool | None] = attrs.field(factory=dict)
+    coverage: float | None = None
 
     @property
     def failed(self) -> tuple[str, ...]:
@@ -189,6 +192,7 @@ class CheckReport:
             "sample": self.sample,
             "loss": _json_float(self.loss),
             "hint": self.hint,
+            "coverage": _json_float(self.coverage),
             "notes": {
                 k: _json_float(v) if isinstance(v, float) else v for k, v in self.notes.items()
             },

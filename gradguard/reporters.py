@@ -14,16 +14,23 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
 from gradguard.context import CheckContext
 from gradguard.plugins import hookimpl
-from gradguard.records import EVENT, check_record
+from gradguard.records import EVENT, check_record, lifecycle_record
 from gradguard.report import CheckReport
 
-__all__ = ["GradGuardLogWarning", "JsonLinesFile", "gradguard_check_completed"]
+__all__ = [
+    "GradGuardLogWarning",
+    "JsonLinesFile",
+    "emit",
+    "gradguard_check_completed",
+    "gradguard_lifecycle_event",
+]
 
 
 class GradGuardLogWarning(RuntimeWarning):
@@ -65,10 +72,18 @@ class JsonLinesFile:
     info = warning = error = debug = msg
 
 
+def _leading_keys(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
+    """Put ``schema`` and ``event`` first, so a person reading the file sees them first."""
+    head: dict[str, Any] = {
+        key: event_dict.pop(key) for key in ("schema", "event") if key in event_dict
+    }
+    return {**head, **event_dict}
+
+
 def _file_logger(path: str) -> Any:
     return structlog.wrap_logger(
         JsonLinesFile(path),
-        processors=[structlog.processors.JSONRenderer(serializer=_dumps)],
+        processors=[_leading_keys, structlog.processors.JSONRenderer(serializer=_dumps)],
         wrapper_class=structlog.BoundLogger,
         context_class=dict,
         cache_logger_on_first_use=False,
@@ -88,3 +103,9 @@ def emit(record: dict[str, Any], log_file: str | None) -> None:
 def gradguard_check_completed(report: CheckReport, context: CheckContext) -> None:
     """Write the check's record to ``context.log_file`` and the application's logger."""
     emit(check_record(report, context), context.log_file)
+
+
+@hookimpl(trylast=True)
+def gradguard_lifecycle_event(event: str, details: dict[str, Any], context: CheckContext) -> None:
+    """Write a lifecycle record (a guard disabling itself, ...) like a check's."""
+    emit(lifecycle_record(event, details, context), context.log_file)

@@ -10,9 +10,9 @@ import sys
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
-def _run(name: str) -> str:
+def _run(name: str, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=300
+        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -29,7 +29,17 @@ def test_seed_example_shows_the_recipe_number_and_the_wrong_tensors() -> None:
     assert "PASSED, all 6 tensors agree" in out
 
 
+def test_numpy_training_loop_guard_checks_then_switches_off(tmp_path: pathlib.Path) -> None:
+    """The NumPy loop example checks 3 times, switches off, logs, and trains bit-identically."""
+    log = tmp_path / "loop.jsonl"
+    out = _run("numpy_training_loop.py", "--log", str(log), "--steps", "200")
+    assert out.count("gradient check: passed") == 3
+    assert "switched itself off after 3 passing checks" in out
+    assert "bit-identical weights: True" in out
+    assert len(log.read_text().splitlines()) == 4  # 3 checks and the guard_disabled record
+
+
 def test_every_example_is_tested() -> None:
     """No example file escapes this module."""
-    tested = set(re.findall(r'_run\("(\w+\.py)"\)', pathlib.Path(__file__).read_text()))
+    tested = set(re.findall(r'_run\("(\w+\.py)"', pathlib.Path(__file__).read_text()))
     assert {p.name for p in EXAMPLES.glob("*.py")} <= tested

@@ -1,0 +1,72 @@
+"""Coverage over a run: successive checks probe coordinates not probed before.
+
+A training-loop front door makes several checks of the same parameters. Drawing each check's
+coordinates afresh would probe some elements twice and others never; instead each tensor gets
+a random permutation of its elements, drawn once, and every check takes the next positions
+from it. Coverage grows by exactly the sample size per check until every element has been
+probed once, then the permutation starts over.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from gradguard.layout import Layout
+
+__all__ = ["Coverage"]
+
+
+class _Order:
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        dtype = np.int32 if size < 2**31 else np.int64
+        self.size = size
+        self.permutation = rng.permutation(size).astype(dtype)
+        self.cursor = 0  # how many positions have been handed out, over all rounds
+
+    def take(self, count: int) -> npt.NDArray[np.intp]:
+        count = min(count, self.size)
+        start = self.cursor % self.size
+        stop = start + count
+        if stop <= self.size:
+            picked = self.permutation[start:stop]
+        else:  # wrap around: the rest of this round, then the start of the next
+            picked = np.concatenate(
+                [self.permutation[start:], self.permutation[: stop - self.size]]
+            )
+        self.cursor += count
+        return np.sort(picked).astype(np.intp)
+
+    @property
+    def covered(self) -> int:
+        return min(self.cursor, self.size)
+
+
+class Coverage:
+    """Which coordinates of which tensors earlier checks of a run have probed.
+
+    Keyed by tensor name; a tensor whose size changed since the last check starts afresh.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._orders: dict[str, _Order] = {}
+
+    def take(self, name: str, size: int, count: int) -> npt.NDArray[np.intp]:
+        """The next ``count`` positions of tensor ``name`` not yet probed in this round."""
+        order = self._orders.get(name)
+        if order is None or order.size != size:
+            order = self._orders[name] = _Order(size, self._rng)
+        return order.take(count)
+
+    def fraction(self, layout: Layout) -> float:
+        """The fraction of the layout's elements probed one by one so far."""
+        total = layout.size
+        if total == 0:
+            return 0.0
+        covered = 0
+        for segment in layout:
+            order = self._orders.get(segment.name)
+            if order is not None and order.size == segment.size:
+                covered += order.covered
+        return covered / total
