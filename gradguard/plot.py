@@ -67,7 +67,8 @@ def plot_differences(logs: LogRecords, path: str | os.PathLike[str]) -> str:
 
     figure, axes = plt.subplots(figsize=(9, 5), layout="constrained")
     # Red is kept for the failure markers: the lines cycle through tab10 without it.
-    palette = [f"C{i}" for i in range(10) if i != 3]  # the default cycle is tab10; C3 is red
+    tab10 = plt.get_cmap("tab10")
+    palette = [tab10(i) for i in range(10) if i != 3]  # tab10's fourth colour is red
     axes.set_prop_cycle(color=palette)
     for label, entry in sorted(series.items()):
         axes.plot(entry["x"], entry["y"], marker="o", markersize=3, label=label)
