@@ -44,6 +44,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_guard.py
 	$(PY) benchmarks/measure_tolerances.py
 
 clean:

@@ -32,3 +32,10 @@ def test_tolerance_sweep_runs_on_the_zoo() -> None:
     out = _run(str(BENCHMARKS / "measure_tolerances.py"), "--seeds", "1")
     assert "| float64 | 1e-06 (default) |" in out
     assert "| float32 | 0.01 (default) |" in out
+
+
+def test_guard_benchmark_reports_the_disabled_step() -> None:
+    """bench_guard.py --quick measures a switched-off guard next to an empty call."""
+    out = _run(str(BENCHMARKS / "bench_guard.py"), "--quick")
+    assert "| guard.step(), guard switched off |" in out
+    assert "| empty Python function call |" in out
