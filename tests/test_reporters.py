@@ -91,3 +91,22 @@ def test_an_unwritable_log_warns_once_and_checks_go_on(tmp_path: pathlib.Path) -
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _check(log_file=str(target)).passed
+
+
+@pytest.mark.skipif(not pathlib.Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_warns_once_and_a_guard_trains_on() -> None:
+    """Writing to a full disk (/dev/full: ENOSPC) warns once; guard checks go on."""
+    guard = gg.Guard(
+        lambda w: float(np.sum(w**2)),
+        np.arange(3.0),
+        lambda w: 2 * w,
+        every=1,
+        max_checks=None,
+        log_file="/dev/full",
+    )
+    reporters.JsonLinesFile._warned.discard("/dev/full")
+    with pytest.warns(reporters.GradGuardLogWarning, match="No space left"):
+        assert guard.step() is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(guard.step().passed for _ in range(3))  # type: ignore[union-attr]
