@@ -38,6 +38,23 @@ __all__ = [
 ]
 
 NO_RUN = "(no run id)"
+DATAFRAME_COLUMNS = (
+    "run_id",
+    "source",
+    "step",
+    "timestamp",
+    "check_passed",
+    "tensor",
+    "status",
+    "passed",
+    "difference",
+    "tolerance",
+    "coordinates",
+    "directions",
+    "worst_index",
+    "worst_analytic",
+    "worst_numeric",
+)
 
 
 class LogError(GradGuardError, OSError):
@@ -73,7 +90,7 @@ class LogRecords:
             import pandas
         except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
             raise ImportError("LogRecords.to_dataframe() needs pandas: pip install pandas") from exc
-        rows = []
+        rows: list[dict[str, Any]] = []
         for check in self.checks:
             for param in check.get("params") or []:
                 rows.append(
@@ -95,9 +112,9 @@ class LogRecords:
                         "worst_numeric": param.get("worst_numeric"),
                     }
                 )
-        frame = pandas.DataFrame(rows)
-        if "timestamp" in frame:
-            frame["timestamp"] = pandas.to_datetime(frame["timestamp"], utc=True)
+        frame = pandas.DataFrame(rows, columns=list(DATAFRAME_COLUMNS))
+        # ISO8601: records written by older versions may lack the fractional second.
+        frame["timestamp"] = pandas.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
         return frame
 
 
@@ -244,6 +261,8 @@ def summarize(logs: LogRecords) -> Summary:
         for event in logs.events
         if event.get("event") == "guard_disabled"
     }
+    for event in logs.events:  # a front door switched off before its first check is a run too
+        by_run.setdefault(event.get("run_id") or NO_RUN, [])
     runs = []
     for run_id, checks in by_run.items():
         steps = [c["step"] for c in checks if isinstance(c.get("step"), int)]

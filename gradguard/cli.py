@@ -42,7 +42,14 @@ def _report(args: argparse.Namespace) -> int:
     if args.plot:
         from gradguard.plot import plot_differences
 
-        written = plot_differences(logs, args.plot)
+        try:
+            written = plot_differences(logs, args.plot)
+        except OSError as exc:
+            print(
+                f"gradguard: cannot write the plot to {args.plot}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
         if not args.json:
             print(f"plot written to {written}")
     if args.json:

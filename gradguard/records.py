@@ -20,7 +20,9 @@ EVENT = "gradcheck"
 
 def utc_timestamp() -> str:
     """The current time as ISO 8601 in UTC, e.g. ``2026-11-21T21:26:19.123456+00:00``."""
-    return _dt.datetime.now(_dt.UTC).isoformat()
+    # Always with microseconds: isoformat() drops a zero fraction, and readers parsing a
+    # column of timestamps (pandas) want one format.
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
 def check_record(report: CheckReport, context: CheckContext) -> dict[str, Any]:

@@ -1,0 +1,511 @@
+"""Reading logs back: load() on real, messy files; summarize(); format_summary(); DataFrames."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import pathlib
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gradguard as gg
+from gradguard import analysis, records
+from gradguard.guard import DISABLE_ENV
+from gradguard.records import SCHEMA_VERSION
+
+X = np.random.default_rng(0).normal(size=(8, 3))
+Y = np.random.default_rng(1).normal(size=(8, 2))
+
+Params = dict[str, Any]
+
+
+def make_params() -> Params:
+    rng = np.random.default_rng(2)
+    return {"W": rng.normal(size=(3, 2)), "b": np.zeros(2)}
+
+
+def loss(p: Params) -> float:
+    r = X @ p["W"] + p["b"] - Y
+    return 0.5 * float(np.sum(r * r))
+
+
+def grad(p: Params) -> Params:
+    r = X @ p["W"] + p["b"] - Y
+    return {"W": X.T @ r, "b": r.sum(axis=0)}
+
+
+def grad_wrong_once_b_grows(p: Params) -> Params:
+    """The backward pass with a bug that only shows once training has moved b past 0.75."""
+    g = grad(p)
+    if float(np.mean(p["b"])) > 0.75:
+        g["b"] = 2.0 * g["b"]
+    return g
+
+
+@pytest.fixture(autouse=True)
+def no_disable_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Guards in these tests run unless a test sets GRADGUARD_DISABLE itself."""
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    yield
+
+
+def passing_log(path: pathlib.Path, checks: int = 2) -> pathlib.Path:
+    """A log of ``checks`` passing single checks (no run id, no step)."""
+    for seed in range(checks):
+        gg.check(loss, make_params(), grad, seed=seed, log_file=str(path))
+    return path
+
+
+def train(
+    log: pathlib.Path,
+    run_id: str,
+    backward: Callable[[Params], Params],
+    *,
+    steps: int,
+    every: int,
+    max_checks: int | None,
+) -> gg.Guard:
+    """A NumPy "training loop" with a guard: b moves by 0.25 per step, in place."""
+    params = make_params()
+    guard = gg.Guard(
+        loss,
+        params,
+        backward,
+        every=every,
+        max_checks=max_checks,
+        on_failure="log",
+        log_file=log,
+        run_id=run_id,
+        seed=0,
+    )
+    for _ in range(steps):
+        guard.step()
+        params["b"] += 0.25
+    return guard
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """One file, two guards: run-a passes twice and switches off at step 1; run-b checks at
+    steps 0, 2, 4, 6 and its b gradient is wrong from step 4 on (on_failure="log")."""
+    log = tmp_path_factory.mktemp("two_runs") / "train.jsonl"
+    train(log, "run-a", grad, steps=5, every=1, max_checks=2)
+    train(log, "run-b", grad_wrong_once_b_grows, steps=8, every=2, max_checks=3)
+    return log
+
+
+def lines_of(path: pathlib.Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+# -- load(): what it reads --------------------------------------------------------------------
+
+
+def test_load_reads_checks_and_lifecycle_events_in_file_order(two_runs: pathlib.Path) -> None:
+    """Checks and guard_disabled events come back as written, each kind in file order."""
+    logs = analysis.load(two_runs)
+    assert [(c["run_id"], c["step"]) for c in logs.checks] == [
+        ("run-a", 0),
+        ("run-a", 1),
+        ("run-b", 0),
+        ("run-b", 2),
+        ("run-b", 4),
+        ("run-b", 6),
+    ]
+    assert [(e["event"], e["run_id"], e["reason"]) for e in logs.events] == [
+        ("guard_disabled", "run-a", "passed")
+    ]
+    assert [c["passed"] for c in logs.checks] == [True, True, True, True, False, False]
+    assert len(logs) == len(lines_of(two_runs)) == 7
+    assert logs.notes == ()
+    assert logs.sources == (str(two_runs),)
+
+
+def test_load_keeps_interleaved_runs_in_file_order(tmp_path: pathlib.Path) -> None:
+    """Two guards stepping in turn into one file come back interleaved, as they were written."""
+    log = tmp_path / "shared.jsonl"
+    guards = [
+        gg.Guard(loss, make_params(), grad, every=1, max_checks=None, log_file=log, run_id=run)
+        for run in ("left", "right")
+    ]
+    for _ in range(2):
+        for guard in guards:
+            guard.step()
+    logs = analysis.load(log)
+    assert [(c["run_id"], c["step"]) for c in logs.checks] == [
+        ("left", 0),
+        ("right", 0),
+        ("left", 1),
+        ("right", 1),
+    ]
+
+
+def test_load_reads_several_files_in_the_order_given(tmp_path: pathlib.Path) -> None:
+    """load(a, b) reads a's records then b's; sources lists both paths, as strings."""
+    first = passing_log(tmp_path / "first.jsonl", checks=1)
+    second = tmp_path / "second.jsonl"
+    train(second, "run-b", grad, steps=3, every=1, max_checks=2)
+    logs = analysis.load(first, str(second))
+    assert [c["source"] for c in logs.checks] == ["check", "guard", "guard"]
+    assert [c["run_id"] for c in logs.checks] == [None, "run-b", "run-b"]
+    assert [e["reason"] for e in logs.events] == ["passed"]
+    assert logs.sources == (str(first), str(second))
+
+
+# -- load(): messy real files -----------------------------------------------------------------
+
+
+def test_truncated_last_line_is_skipped_with_a_note(tmp_path: pathlib.Path) -> None:
+    """A crash mid-write (half a record, no newline) loses that line only, and says so."""
+    log = passing_log(tmp_path / "crash.jsonl")
+    whole = lines_of(log)[0]
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(whole[: len(whole) // 2])
+    logs = analysis.load(log)
+    assert len(logs.checks) == 2
+    assert logs.notes == (f"{log}:3: truncated last line skipped (a crash mid-write?)",)
+
+
+def test_blank_lines_are_skipped_silently(tmp_path: pathlib.Path) -> None:
+    """Blank and whitespace-only lines anywhere are not records and not worth a note."""
+    source = passing_log(tmp_path / "source.jsonl")
+    first, second = lines_of(source)
+    log = tmp_path / "blank.jsonl"
+    log.write_text(f"\n{first}\n\n   \n{second}\n\n\t\n", encoding="utf-8")
+    logs = analysis.load(log)
+    assert [c["seed"] for c in logs.checks] == [0, 1]
+    assert logs.notes == ()
+
+
+def test_non_json_lines_in_the_middle_are_skipped_with_a_note(tmp_path: pathlib.Path) -> None:
+    """A line that is not JSON (a traceback printed into the file) is skipped, with its line
+    number; the records around it are read."""
+    source = passing_log(tmp_path / "source.jsonl")
+    first, second = lines_of(source)
+    log = tmp_path / "mixed.jsonl"
+    log.write_text(f"{first}\nTraceback (most recent call last):\n{second}\n", encoding="utf-8")
+    logs = analysis.load(log)
+    assert len(logs.checks) == 2
+    assert logs.notes == (f"{log}:2: not JSON, skipped",)
+
+
+def test_other_tools_json_lines_are_counted_in_one_note(tmp_path: pathlib.Path) -> None:
+    """JSON lines without schema and event (another tool's logs) are skipped, counted once."""
+    source = passing_log(tmp_path / "source.jsonl")
+    first, second = lines_of(source)
+    log = tmp_path / "shared.jsonl"
+    foreign = [
+        json.dumps({"level": "info", "msg": "x"}),
+        json.dumps({"event": "epoch_end", "loss": 0.5}),  # an event but no schema
+        json.dumps([1, 2, 3]),
+    ]
+    log.write_text("\n".join([foreign[0], first, *foreign[1:], second]) + "\n", encoding="utf-8")
+    logs = analysis.load(log)
+    assert len(logs.checks) == 2 and logs.events == ()
+    assert logs.notes == (f"{log}: 3 line(s) from other tools skipped",)
+
+
+def test_a_newer_schema_is_read_with_a_note(tmp_path: pathlib.Path) -> None:
+    """A record from a newer gradguard is still read, and a note says its schema is newer."""
+    source = passing_log(tmp_path / "source.jsonl", checks=1)
+    record = json.loads(lines_of(source)[0])
+    record["schema"] = SCHEMA_VERSION + 1
+    record["new_field"] = {"anything": True}
+    log = tmp_path / "newer.jsonl"
+    log.write_text(lines_of(source)[0] + "\n" + json.dumps(record) + "\n", encoding="utf-8")
+    logs = analysis.load(log)
+    assert [c["schema"] for c in logs.checks] == [SCHEMA_VERSION, SCHEMA_VERSION + 1]
+    (note,) = logs.notes
+    assert note.startswith(f"{log}:2: schema {SCHEMA_VERSION + 1} is newer")
+    assert f"({SCHEMA_VERSION})" in note
+
+
+def test_an_empty_file_has_no_records_and_no_notes(tmp_path: pathlib.Path) -> None:
+    """An empty log (a run that never checked) loads as nothing, without an error."""
+    log = tmp_path / "empty.jsonl"
+    log.touch()
+    logs = analysis.load(log)
+    assert len(logs) == 0
+    assert (logs.checks, logs.events, logs.notes) == ((), (), ())
+    assert analysis.summarize(logs).checks == 0
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_a_file_that_cannot_be_opened_raises_log_error(tmp_path: pathlib.Path, kind: str) -> None:
+    """A missing path or a directory raises LogError (a GradGuardError), naming the path."""
+    path = tmp_path / "logs"
+    if kind == "directory":
+        path.mkdir()
+    with pytest.raises(analysis.LogError) as info:
+        analysis.load(passing_log(tmp_path / "good.jsonl"), path)
+    assert isinstance(info.value, gg.GradGuardError)
+    assert str(path) in str(info.value)
+    assert ("directory" if kind == "directory" else "does not exist") in str(info.value)
+
+
+# -- summarize() ------------------------------------------------------------------------------
+
+
+def test_summarize_separates_runs_sharing_a_file(two_runs: pathlib.Path) -> None:
+    """Each run id gets its own checks, failures, step range and why it switched off."""
+    summary = analysis.summarize(analysis.load(two_runs))
+    assert summary.runs == (
+        analysis.RunSummary(
+            run_id="run-a", checks=2, failed=0, first_step=0, last_step=1, disabled="passed"
+        ),
+        analysis.RunSummary(
+            run_id="run-b", checks=4, failed=2, first_step=0, last_step=6, disabled=None
+        ),
+    )
+    assert (summary.checks, summary.failed_checks, summary.passed) == (6, 2, False)
+
+
+def test_summarize_names_the_failing_tensor_and_its_first_failing_step(
+    two_runs: pathlib.Path,
+) -> None:
+    """Failures are counted per tensor, with the step and run of the first failing check."""
+    summary = analysis.summarize(analysis.load(two_runs))
+    by_name = {t.name: t for t in summary.tensors}
+    assert set(by_name) == {"W", "b"}
+    b, w = by_name["b"], by_name["W"]
+    assert (b.checks, b.failures, b.first_failure_step, b.first_failure_run) == (6, 2, 4, "run-b")
+    assert b.statuses == {"pass": 4, "fail": 2}
+    assert (w.checks, w.failures, w.first_failure_step, w.first_failure_run) == (6, 0, None, None)
+    assert w.statuses == {"pass": 6}
+
+
+def test_summarize_gives_the_worst_difference_and_tolerance_per_tensor(
+    two_runs: pathlib.Path,
+) -> None:
+    """A tensor's worst difference is the largest one logged for it; its tolerance is logged."""
+    logs = analysis.load(two_runs)
+    summary = analysis.summarize(logs)
+    for tensor in summary.tensors:
+        logged = [p for c in logs.checks for p in c["params"] if p["name"] == tensor.name]
+        assert tensor.worst_difference == max(p["difference"] for p in logged)
+        assert tensor.tolerance == logged[-1]["tolerance"] == 1e-6
+    by_name = {t.name: t for t in summary.tensors}
+    assert by_name["b"].worst_difference is not None and by_name["b"].worst_difference > 0.1
+    assert by_name["W"].worst_difference is not None and by_name["W"].worst_difference < 1e-6
+
+
+@pytest.fixture(scope="module")
+def odd_statuses(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A log with a nondeterministic check (W, b), a non-differentiable one and a passing one."""
+    log = tmp_path_factory.mktemp("statuses") / "statuses.jsonl"
+    noise = np.random.default_rng()  # no seed: a different value on every call
+    gg.check(lambda p: loss(p) + float(noise.normal()), make_params(), grad, log_file=str(log))
+    kinked = gg.check(
+        lambda x: float(np.sum(np.abs(x))),
+        np.array([1e-12, -1e-12] * 8),
+        np.sign,
+        sample=0,
+        directions=3,
+        seed=1,
+        log_file=str(log),
+    )
+    assert kinked.params[0].status is gg.Status.NON_DIFFERENTIABLE
+    gg.check(loss, make_params(), grad, seed=0, log_file=str(log))
+    return log
+
+
+def test_summarize_counts_statuses_including_the_odd_ones(odd_statuses: pathlib.Path) -> None:
+    """Statuses are counted per tensor, except nondeterministic, counted once per check; a
+    non-differentiable tensor does not fail its check, a nondeterministic check does."""
+    summary = analysis.summarize(analysis.load(odd_statuses))
+    assert summary.statuses == {"nondeterministic": 1, "non-differentiable": 1, "pass": 2}
+    assert (summary.checks, summary.failed_checks) == (3, 1)
+    by_name = {t.name: t for t in summary.tensors}
+    assert by_name["params"].statuses == {"non-differentiable": 1}
+    assert by_name["params"].failures == 0
+    assert by_name["W"].statuses == by_name["b"].statuses == {"nondeterministic": 1, "pass": 1}
+    (run,) = summary.runs
+    assert (run.run_id, run.checks, run.failed) == (analysis.NO_RUN, 3, 1)
+    assert (run.first_step, run.last_step) == (None, None)
+
+
+def test_summary_to_dict_is_strict_json(two_runs: pathlib.Path) -> None:
+    """Summary.to_dict() dumps as strict JSON with the verdict, runs, tensors and statuses."""
+    summary = analysis.summarize(analysis.load(two_runs))
+    data = json.loads(json.dumps(summary.to_dict(), allow_nan=False))
+    assert data["passed"] is False and (data["checks"], data["failed_checks"]) == (6, 2)
+    assert [r["run_id"] for r in data["runs"]] == ["run-a", "run-b"]
+    assert {t["name"]: t["first_failure_step"] for t in data["tensors"]} == {"W": None, "b": 4}
+    assert data["statuses"] == {"pass": 10, "fail": 2}
+
+
+def test_a_run_switched_off_before_any_check_is_still_a_run(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guard inert under GRADGUARD_DISABLE shows as a run with 0 checks, switched off by
+    "environment", next to a run that did check."""
+    log = tmp_path / "train.jsonl"
+    train(log, "run-a", grad, steps=2, every=1, max_checks=None)
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    train(log, "run-off", grad, steps=2, every=1, max_checks=None)
+    summary = analysis.summarize(analysis.load(log))
+    assert [(r.run_id, r.checks, r.disabled) for r in summary.runs] == [
+        ("run-a", 2, None),
+        ("run-off", 0, "environment"),
+    ]
+
+
+# -- format_summary() -------------------------------------------------------------------------
+
+
+def _section(text: str, title: str) -> list[list[str]]:
+    """The rows (split into words) of the section of ``text`` headed ``title``."""
+    lines = text.splitlines()
+    start = lines.index(title) + 1
+    end = lines.index("", start) if "" in lines[start:] else len(lines)
+    return [line.split() for line in lines[start:end]]
+
+
+def test_format_summary_says_all_checks_passed(tmp_path: pathlib.Path) -> None:
+    """An all-passing log reads "all N checks passed", with no failures section."""
+    text = analysis.format_summary(
+        analysis.summarize(analysis.load(passing_log(tmp_path / "ok.jsonl", 3)))
+    )
+    assert text.splitlines()[0] == "gradguard report: all 3 checks passed (1 run)"
+    assert "failures by tensor" not in text
+    assert "statuses: pass 6" in text
+
+
+def test_format_summary_of_a_failing_log_names_tensor_step_and_run(two_runs: pathlib.Path) -> None:
+    """A failing log reads "M of N checks FAILED", names the failing tensor with its first
+    failing step and run, and shows why each run switched off."""
+    text = analysis.format_summary(analysis.summarize(analysis.load(two_runs)))
+    lines = text.splitlines()
+    assert lines[0] == "gradguard report: 2 of 6 checks FAILED (2 runs)"
+    assert _section(text, "runs:")[1:] == [
+        ["run-a", "2", "0", "0-1", "passed"],
+        ["run-b", "4", "2", "0-6", "-"],
+    ]
+    (failing,) = _section(text, "failures by tensor:")[1:]
+    assert failing[:5] == ["b", "2", "6", "4", "run-b"]
+
+
+def test_format_summary_lists_the_notes(tmp_path: pathlib.Path) -> None:
+    """What load() skipped is printed under "notes:"."""
+    log = passing_log(tmp_path / "crash.jsonl")
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write('{"schema": 1, "event": "gradch')
+    text = analysis.format_summary(analysis.summarize(analysis.load(log)))
+    assert text.splitlines()[0] == "gradguard report: all 2 checks passed (1 run)"
+    notes = text.split("\nnotes:\n", 1)[1]
+    assert f"{log}:3: truncated last line skipped" in notes
+
+
+def test_format_summary_of_no_checks_says_so() -> None:
+    """A summary of nothing says there are no gradient checks, not that they all passed."""
+    empty = analysis.LogRecords(checks=(), events=(), notes=(), sources=())
+    text = analysis.format_summary(analysis.summarize(empty))
+    assert text == "gradguard report: no gradient checks in these logs (0 runs)"
+
+
+# -- to_dataframe() ---------------------------------------------------------------------------
+
+COLUMNS = [
+    "run_id",
+    "source",
+    "step",
+    "timestamp",
+    "check_passed",
+    "tensor",
+    "status",
+    "passed",
+    "difference",
+    "tolerance",
+    "coordinates",
+    "directions",
+    "worst_index",
+    "worst_analytic",
+    "worst_numeric",
+]
+
+
+def test_to_dataframe_has_one_row_per_check_and_tensor(two_runs: pathlib.Path) -> None:
+    """Each (check, tensor) pair is a row, in file order, with the documented columns."""
+    logs = analysis.load(two_runs)
+    frame = logs.to_dataframe()
+    assert list(frame.columns) == COLUMNS
+    expected = [(c["run_id"], c["step"], p["name"]) for c in logs.checks for p in c["params"]]
+    assert list(zip(frame["run_id"], frame["step"], frame["tensor"], strict=True)) == expected
+    assert len(frame) == 12
+    failing = frame[frame["status"] == "fail"]
+    assert list(zip(failing["run_id"], failing["step"], failing["tensor"], strict=True)) == [
+        ("run-b", 4, "b"),
+        ("run-b", 6, "b"),
+    ]
+    assert not failing["passed"].any() and not failing["check_passed"].any()
+
+
+def test_to_dataframe_timestamps_are_tz_aware_utc(two_runs: pathlib.Path) -> None:
+    """The timestamp column holds tz-aware UTC datetimes equal to the records' timestamps."""
+    logs = analysis.load(two_runs)
+    frame = logs.to_dataframe()
+    assert str(frame["timestamp"].dt.tz) == "UTC"
+    first = frame["timestamp"].iloc[0].to_pydatetime()
+    assert first.tzinfo is not None
+    assert first == dt.datetime.fromisoformat(logs.checks[0]["timestamp"])
+
+
+def test_to_dataframe_differences_match_the_records(odd_statuses: pathlib.Path) -> None:
+    """The difference column is each record's difference; null (nondeterministic) is NaN."""
+    logs = analysis.load(odd_statuses)
+    frame = logs.to_dataframe()
+    logged = [p["difference"] for c in logs.checks for p in c["params"]]
+    assert logged[:2] == [None, None]
+    for value, expected in zip(frame["difference"], logged, strict=True):
+        assert math.isnan(value) if expected is None else value == expected
+    assert list(frame["status"]) == [
+        "nondeterministic",
+        "nondeterministic",
+        "non-differentiable",
+        "pass",
+        "pass",
+    ]
+
+
+class _WholeSecond(dt.datetime):
+    """``datetime.now`` at the exact start of a second (microsecond 0), as happens for real."""
+
+    @classmethod
+    def now(cls, tz: dt.tzinfo | None = None) -> _WholeSecond:
+        return cls(2026, 11, 21, 21, 56, 5, tzinfo=tz)
+
+
+def test_timestamps_written_at_a_whole_second_keep_their_microseconds(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record written at a whole second still carries '.000000', so every line has one format."""
+    monkeypatch.setattr(records, "_dt", types.SimpleNamespace(datetime=_WholeSecond, UTC=dt.UTC))
+    log = passing_log(tmp_path / "ok.jsonl", checks=1)
+    assert analysis.load(log).checks[0]["timestamp"] == "2026-11-21T21:56:05.000000+00:00"
+
+
+def test_to_dataframe_reads_a_timestamp_without_a_fraction(tmp_path: pathlib.Path) -> None:
+    """A record without a fractional second (as the schema allows) parses next to others."""
+    log = passing_log(tmp_path / "ok.jsonl", checks=1)
+    record = json.loads(log.read_text().splitlines()[0])
+    record["timestamp"] = "2026-11-21T21:56:05+00:00"
+    with log.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    frame = analysis.load(log).to_dataframe()
+    assert list(frame["timestamp"])[-1] == dt.datetime(2026, 11, 21, 21, 56, 5, tzinfo=dt.UTC)
+
+
+def test_to_dataframe_of_a_log_without_checks_still_has_the_columns(
+    tmp_path: pathlib.Path,
+) -> None:
+    """An empty log gives an empty frame with the same columns, so code on it still runs."""
+    log = tmp_path / "empty.jsonl"
+    log.touch()
+    frame = analysis.load(log).to_dataframe()
+    assert len(frame) == 0
+    assert list(frame.columns) == COLUMNS
