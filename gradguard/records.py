@@ -35,6 +35,7 @@ def check_record(report: CheckReport, context: CheckContext) -> dict[str, Any]:
         "run_id": context.run_id,
         "source": context.source,
         "step": context.step,
+        "label": context.label,
         **body,
     }
 
