@@ -1,6 +1,6 @@
 # Two commands do all setup (see README.md):
 #   make demo   creates .venv, installs gradguard with its dev extras, runs the main example
-#   make test   same venv, runs lint, type checks and the whole test-suite
+#   make test   same venv, runs lint, type checks, the strict docs build and the whole test-suite
 # Both are idempotent: the install step reruns only when pyproject.toml or constraints.txt change.
 
 PYTHON ?= python3
@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= dev
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck docs bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: lint typecheck
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
+	@echo "site built in build/site (serve it with: $(VENV)/bin/mkdocs serve)"
+
+test: lint typecheck docs
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -398,9 +398,10 @@ def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = No
         ]
     picks: dict[int, npt.NDArray[np.intp]] = dict(zip(chosen, chosen_picks, strict=True))
     n_directions = settings.resolved_directions
+    # A tensor whose every element is a coordinate probe gains nothing from directions.
     run.directions = [
         [rademacher_direction(segment.size, run.rng) for _ in range(n_directions)]
-        if s in picks
+        if s in picks and len(picks[s]) < segment.size
         else []
         for s, segment in enumerate(layout)
     ]

@@ -211,6 +211,8 @@ def _fmt_number(value: float | None) -> str:
 def _fmt_index(index: tuple[int, ...] | None) -> str:
     if index is None:
         return "-"
+    if not index:
+        return "()"  # the element of a scalar
     return "[" + ", ".join(str(i) for i in index) + "]"
 
 
