@@ -1,17 +1,38 @@
-"""gradguard's TensorFlow / Keras adapter plugin (work in progress: claims nothing yet).
+"""gradguard's TensorFlow / Keras adapter plugin.
 
-Importing this module must not import TensorFlow: a user who holds a TF object has it in
-``sys.modules`` already, and the claim hook looks there first.
+Claims ``tf.Variable`` and ``keras.Variable`` objects, ``keras.Model`` and ``keras.Layer``
+objects and ``tf.Module`` objects (their trainable variables), and dicts, lists and tuples
+of them. ``gradguard.check(loss, model)`` then computes the analytic gradient with
+``tf.GradientTape`` and evaluates the loss as compiled ``tf.function`` traces; Keras
+variables are never written (the loss reads perturbed values through a ``StatelessScope``),
+plain ``tf.Variable`` objects only densely. ``docs/tensorflow.md`` has the design, the
+numerics and the measurements.
+
+Importing this module does not import TensorFlow: a user who holds a TensorFlow object has
+it in ``sys.modules`` already, and the claim hook looks there first.
 """
 
 from __future__ import annotations
 
 from gradguard import hookimpl
+from gradguard_tensorflow._adapter import TensorFlowAdapter
+from gradguard_tensorflow._detect import is_tensorflow_params
+from gradguard_tensorflow._loss import ModelLoss, model_loss
+from gradguard_tensorflow._options import TFParams
 
-__all__ = ["gradguard_adapter_claim"]
+__all__ = [
+    "ModelLoss",
+    "TFParams",
+    "TensorFlowAdapter",
+    "gradguard_adapter_claim",
+    "is_tensorflow_params",
+    "model_loss",
+]
+
+_ADAPTER = TensorFlowAdapter()
 
 
-@hookimpl
-def gradguard_adapter_claim(params: object) -> None:
-    """Claim nothing yet."""
-    return None
+@hookimpl(trylast=True)
+def gradguard_adapter_claim(params: object) -> TensorFlowAdapter | None:
+    """Claim TensorFlow and Keras variables, models, layers and modules (and containers of them)."""
+    return _ADAPTER if is_tensorflow_params(params) else None

@@ -1,17 +1,76 @@
-"""gradguard's PyTorch adapter plugin (work in progress: claims nothing yet).
+"""gradguard's PyTorch adapter plugin.
 
-Importing this module must not import torch: a user who holds a torch object has torch in
-``sys.modules`` already, and the claim hook looks there first.
+Claims ``torch.nn.Module`` objects (their parameters that require grad; DataParallel and
+DistributedDataParallel are unwrapped), tensors and Parameters, and dicts, lists and tuples
+of tensors. The analytic gradient comes from autograd, so ``grad`` is optional::
+
+    report = gradguard.check(lambda m: F.mse_loss(m(x), y), model)
+
+A float32 model is evaluated in a float64 shadow copy; see ``docs/pytorch.md``.
+
+Importing this module does not import torch: a user who holds a torch object has torch in
+``sys.modules`` already, and the claim hook looks there first (the einops pattern). The
+adapter itself (``gradguard_torch._adapter``, which imports torch) is loaded on the first
+claim. The hook is ``trylast``, so another plugin can claim these containers first.
 """
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, Any
+
 from gradguard import hookimpl
 
-__all__ = ["gradguard_adapter_claim"]
+if TYPE_CHECKING:
+    from gradguard_torch._adapter import TorchAdapter
+
+__all__ = ["gradguard_adapter_claim", "holds_torch"]
+
+_ADAPTER: TorchAdapter | None = None
+# type -> whether it is a torch tensor or module, so a repeated claim costs a dict lookup.
+_KINDS: dict[type, bool] = {}
 
 
-@hookimpl
-def gradguard_adapter_claim(params: object) -> None:
-    """Claim nothing yet."""
-    return None
+def _is_torch_leaf(obj: object, torch: Any) -> bool:
+    kind = _KINDS.get(type(obj))
+    if kind is None:
+        kind = isinstance(obj, torch.Tensor | torch.nn.Module)
+        _KINDS[type(obj)] = kind
+    return kind
+
+
+def holds_torch(params: object) -> bool:
+    """Whether ``params`` is, or a dict/list/tuple holds, a torch tensor or module.
+
+    Never imports torch: without ``torch`` in ``sys.modules`` nothing can be a torch object.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "nn"):  # absent, or still being imported
+        return False
+    stack = [params]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple):
+            stack.extend(obj)
+        elif _is_torch_leaf(obj, torch):
+            return True
+    return False
+
+
+@hookimpl(trylast=True)
+def gradguard_adapter_claim(params: object) -> TorchAdapter | None:
+    """Claim modules, tensors, and containers holding torch tensors.
+
+    A container that mixes torch tensors with other leaves is claimed too, so that the
+    adapter can say which leaf it cannot check rather than no adapter answering at all.
+    """
+    global _ADAPTER
+    if not holds_torch(params):
+        return None
+    if _ADAPTER is None:
+        from gradguard_torch._adapter import TorchAdapter  # torch is already imported
+
+        _ADAPTER = TorchAdapter()
+    return _ADAPTER
