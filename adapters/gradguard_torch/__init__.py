@@ -8,6 +8,10 @@ of tensors. The analytic gradient comes from autograd, so ``grad`` is optional::
 
 A float32 model is evaluated in a float64 shadow copy; see ``docs/pytorch.md``.
 
+It also answers ``gradguard_distributed_rank`` for torch params (the rank in the default
+``torch.distributed`` process group, when one is initialized), so that a training-loop guard
+checks on rank 0 only.
+
 Importing this module does not import torch: a user who holds a torch object has torch in
 ``sys.modules`` already, and the claim hook looks there first (the einops pattern). The
 adapter itself (``gradguard_torch._adapter``, which imports torch) is loaded on the first
@@ -22,9 +26,15 @@ from typing import TYPE_CHECKING, Any
 from gradguard import hookimpl
 
 if TYPE_CHECKING:
-    from gradguard_torch._adapter import TorchAdapter
+    from gradguard_torch._adapter import TorchAdapter, TorchView
 
-__all__ = ["gradguard_adapter_claim", "holds_torch"]
+__all__ = [
+    "TorchAdapter",
+    "TorchView",
+    "gradguard_adapter_claim",
+    "gradguard_distributed_rank",
+    "holds_torch",
+]
 
 _ADAPTER: TorchAdapter | None = None
 # type -> whether it is a torch tensor or module, so a repeated claim costs a dict lookup.
@@ -59,6 +69,15 @@ def holds_torch(params: object) -> bool:
     return False
 
 
+def __getattr__(name: str) -> Any:
+    """``TorchAdapter`` and ``TorchView`` load on first use (they import torch)."""
+    if name in ("TorchAdapter", "TorchView"):
+        from gradguard_torch import _adapter
+
+        return getattr(_adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @hookimpl(trylast=True)
 def gradguard_adapter_claim(params: object) -> TorchAdapter | None:
     """Claim modules, tensors, and containers holding torch tensors.
@@ -74,3 +93,18 @@ def gradguard_adapter_claim(params: object) -> TorchAdapter | None:
 
         _ADAPTER = TorchAdapter()
     return _ADAPTER
+
+
+@hookimpl(trylast=True)
+def gradguard_distributed_rank(params: object) -> int | None:
+    """This process's rank in the default torch.distributed group, when one is initialized.
+
+    ``None`` (not distributed) for params that hold no torch object, or when no process group
+    is initialized.
+    """
+    if not holds_torch(params):
+        return None
+    distributed = getattr(sys.modules["torch"], "distributed", None)
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return None
+    return int(distributed.get_rank())

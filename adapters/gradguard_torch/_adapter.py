@@ -1,0 +1,843 @@
+"""The PyTorch adapter: modules, tensors and Parameters, and dicts, lists and tuples of tensors.
+
+How a check runs (``docs/pytorch.md`` has the measurements behind each choice):
+
+* **Which tensors.** A module's parameters that require grad, named by ``named_parameters()``
+  (tied parameters once); DataParallel / DistributedDataParallel wrappers are unwrapped. Or
+  the tensors of a tensor, a Parameter, or a dict/list/tuple nesting them (the same tensor
+  twice counts once).
+* **Where the loss is evaluated.** A module with float32 or float16 parameters or buffers is
+  evaluated in a private **float64 shadow copy** (``copy.deepcopy`` then ``.double()``), with
+  its inputs and the loss's own tensors lifted to float64 (:mod:`gradguard_torch._precision`):
+  the engine then uses float64 steps and tolerances and sees bugs far below float32 noise.
+  The user's module is never written to. If the shadow cannot be built or evaluated (a
+  module that cannot be deep-copied, a loss that does not use the module it is given, an op
+  without float64 support), the check falls back to evaluating in place, in the model's own
+  dtype, and ``report.notes["evaluation"]`` says why. Float64 models and tensor containers
+  are evaluated in place: perturbed values are written into the tensors' storage under
+  ``.data`` (no autograd version bump, so a graph built before the check stays usable) and
+  the saved originals written back.
+* **The analytic gradient** comes from ``torch.autograd.grad`` (``.grad`` fields untouched),
+  computed with the first evaluation at the unperturbed point, so that a shadow that fails in
+  the backward pass can still fall back before any step size is chosen. A parameter that
+  autograd gives no gradient (a detached branch) counts as zero.
+* **Repeatability.** Every evaluation and the gradient start from the same global RNG state
+  (CPU, and CUDA when initialized), and buffers that an evaluation changes (BatchNorm running
+  statistics in train mode) are put back before the next one: a model left in train mode with
+  Dropout gives the same loss every time. The RNG states, buffers and parameters are restored
+  exactly when the view closes, whatever happened.
+* **TF32** is switched off for the duration of a check on CUDA, and restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from gradguard.adapter import Adapter, FlatView, IndexArray, scalar_loss_value
+from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, LossError
+from gradguard.layout import Layout
+from gradguard_torch._precision import LOW_PRECISION, Float64Mode, cast_inputs
+from gradguard_torch._tf32 import Tf32Switch
+
+__all__ = ["TorchAdapter", "TorchView", "unwrap_module"]
+
+FloatArray = npt.NDArray[np.float64]
+Path = tuple[Any, ...]
+ROOT_NAME = "params"
+
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {
+    torch.float16: np.dtype(np.float16),
+    torch.float32: np.dtype(np.float32),
+    torch.float64: np.dtype(np.float64),
+}
+# NumPy has no bfloat16; a bfloat16 loss value is judged as float16, the closest NumPy dtype
+# (its unit round-off is 8x smaller than bfloat16's, so the allowance errs on the strict side).
+_LOSS_DTYPES = {**_NUMPY_DTYPES, torch.bfloat16: np.dtype(np.float16)}
+
+
+class _NoDependenceError(LossError):
+    """The loss has no autograd path from the checked parameters."""
+
+
+_NO_DEPENDENCE = (
+    "the loss does not depend on any of the checked parameters (autograd finds no path from "
+    "them to the loss): compute it from the object it receives, e.g. "
+    "check(lambda m: F.mse_loss(m(x), y), model), not from a model held in a closure, and "
+    "do not detach it, compute it under torch.no_grad(), or go through .item() or .numpy()"
+)
+
+
+def _precision(dtype: np.dtype[Any]) -> int:
+    return int(np.finfo(dtype).bits)
+
+
+def _least_precise(*dtypes: np.dtype[Any]) -> np.dtype[Any]:
+    return min(dtypes, key=_precision)
+
+
+def unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DataParallel / DistributedDataParallel wrappers (any depth)."""
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while isinstance(module, wrappers):
+        inner = module.module
+        assert isinstance(inner, torch.nn.Module)
+        module = inner
+    return module
+
+
+# -- reading params --------------------------------------------------------------------------
+
+
+def _walk(obj: Any, path: Path) -> Iterator[tuple[Path, Any]]:
+    """``(path, leaf)`` in dict insertion order, then list and tuple positions."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _walk(value, (*path, key))
+    elif isinstance(obj, list | tuple):
+        for position, value in enumerate(obj):
+            yield from _walk(value, (*path, position))
+    else:
+        yield path, obj
+
+
+def _name(path: Path) -> str:
+    return ".".join(str(part) for part in path) if path else ROOT_NAME
+
+
+def _describe(tensor: torch.Tensor) -> str:
+    return f"shape {tuple(tensor.shape)}, dtype {tensor.dtype}, device {tensor.device}"
+
+
+def _check_initialized(name: str, tensor: torch.Tensor) -> None:
+    if isinstance(tensor, torch.nn.parameter.UninitializedParameter):
+        raise InvalidParamsError(
+            f"parameter {name!r} is an uninitialized lazy parameter; run one forward pass "
+            "(model(x)) before checking, so that its shape is known"
+        )
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, *, tree: bool) -> None:
+    """Refuse a tensor that cannot be perturbed and differentiated, naming the fix."""
+    where = f"parameter {name!r} ({_describe(tensor)})"
+    if tensor.layout != torch.strided:
+        raise InvalidParamsError(
+            f"{where} has layout {tensor.layout}; only dense tensors can be checked: "
+            "pass tensor.to_dense()"
+        )
+    if tensor.is_meta:
+        raise InvalidParamsError(
+            f"{where} is on the meta device and holds no values; materialize the model "
+            "(model.to_empty(device=...) and initialize it) before checking"
+        )
+    if tensor.dtype == torch.bfloat16:
+        raise InvalidParamsError(
+            f"{where}: bfloat16 parameters cannot be checked yet (a report's dtype must be "
+            "float16, float32 or float64); check a float32 copy instead, e.g. "
+            "check(loss, copy.deepcopy(model).float())"
+        )
+    if tensor.dtype not in _NUMPY_DTYPES:
+        kind = "complex" if tensor.is_complex() else "non-floating"
+        raise InvalidParamsError(
+            f"{where} has {kind} dtype {tensor.dtype}; only float16, float32 and float64 "
+            "tensors can be checked: cast it (tensor.double()) or leave it out of params"
+        )
+    if tensor.is_inference():
+        raise InvalidParamsError(
+            f"{where} was created under torch.inference_mode() and cannot be written to "
+            "outside it; create it outside inference mode (or clone() it there)"
+        )
+    if tree and tensor.requires_grad and not tensor.is_leaf:
+        raise InvalidParamsError(
+            f"{where} is computed from other tensors (it has a grad_fn, "
+            f"{type(tensor.grad_fn).__name__}); pass the leaf tensors it is computed from "
+            "(e.g. the Parameters), or tensor.detach().requires_grad_()"
+        )
+
+
+def _memory_span(tensor: torch.Tensor) -> tuple[int, int]:
+    """The byte range ``[start, stop)`` a tensor's elements occupy."""
+    start = tensor.data_ptr()
+    strides = zip(tensor.shape, tensor.stride(), strict=True)
+    extent = sum((size - 1) * stride for size, stride in strides)
+    return start, start + (extent + 1) * tensor.element_size()
+
+
+def _check_disjoint(entries: list[tuple[str, torch.Tensor]]) -> None:
+    """Distinct tensors must not overlap in memory: perturbing one would move the other."""
+    spans = sorted((_memory_span(t), name) for name, t in entries if t.numel() > 0)
+    for ((_, stop), name), ((start, _), other) in itertools.pairwise(spans):
+        if start < stop:
+            raise InvalidParamsError(
+                f"parameters {name!r} and {other!r} share memory (one is a view of the "
+                "other, or both are views of one buffer); a check perturbs one element at a "
+                "time, so pass only one of them"
+            )
+
+
+def _check_devices(entries: list[tuple[str, torch.Tensor]]) -> torch.device:
+    devices: dict[torch.device, str] = {}
+    for name, tensor in entries:
+        devices.setdefault(tensor.device, name)
+    if len(devices) > 1:
+        listed = ", ".join(f"{name!r} on {device}" for device, name in devices.items())
+        raise InvalidParamsError(
+            f"the parameters are on different devices ({listed}); a check needs them on one "
+            "device: move the model there first (model.to(device)), or check each device's "
+            "part separately"
+        )
+    return next(iter(devices))
+
+
+def _module_entries(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    entries: list[tuple[str, torch.Tensor]] = []
+    for name, parameter in module.named_parameters():  # tied parameters come once
+        if not parameter.requires_grad:
+            continue
+        _check_initialized(name, parameter)
+        entries.append((name, parameter))
+    if not entries:
+        raise InvalidParamsError(
+            f"the {type(module).__name__} has no parameter that requires grad (all frozen, or "
+            "none at all); unfreeze what you want checked (p.requires_grad_(True))"
+        )
+    return entries
+
+
+def _tree_entries(params: Any) -> tuple[list[tuple[str, torch.Tensor]], dict[Path, int]]:
+    """The distinct tensors of a tree, and the position of each path's tensor among them."""
+    entries: list[tuple[str, torch.Tensor]] = []
+    index_of: dict[int, int] = {}
+    positions: dict[Path, int] = {}
+    names: set[str] = set()
+    for path, leaf in _walk(params, ()):
+        name = _name(path)
+        if isinstance(leaf, torch.nn.Module):
+            raise InvalidParamsError(
+                f"params[{name!r}] is a module ({type(leaf).__name__}); pass the module itself, "
+                "or several modules in an nn.ModuleDict / nn.ModuleList"
+            )
+        if not isinstance(leaf, torch.Tensor):
+            raise InvalidParamsError(
+                f"params[{name!r}] is a {type(leaf).__module__}.{type(leaf).__qualname__}, not "
+                "a torch tensor; the PyTorch adapter checks torch tensors only: convert it "
+                "(torch.as_tensor(value, dtype=torch.float64)) or leave it out of params"
+            )
+        _check_initialized(name, leaf)
+        if leaf.numel() == 0:  # nothing to check
+            continue
+        if id(leaf) not in index_of:  # the same tensor twice is one parameter
+            if name in names:
+                raise InvalidParamsError(
+                    f"two parameters are both named {name!r}; a report must name each tensor "
+                    "once: rename a key so that nested keys joined with '.' stay distinct"
+                )
+            index_of[id(leaf)] = len(entries)
+            entries.append((name, leaf))
+            names.add(name)
+        positions[path] = index_of[id(leaf)]
+    if not entries:
+        raise InvalidParamsError(
+            "params is empty: there is no tensor to check (pass a model, a tensor, or a "
+            "dict/list of tensors the loss depends on)"
+        )
+    return entries, positions
+
+
+# -- the state a check must leave as it found it -----------------------------------------------
+
+
+class _RngState:
+    """The global torch RNG states: replayed before every evaluation, and restored."""
+
+    def __init__(self) -> None:
+        self.cpu = torch.default_generator.get_state()
+        self.cuda: list[torch.Tensor] | None = None
+        # is_initialized is untyped in torch 2.13.
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+            self.cuda = torch.cuda.get_rng_state_all()
+
+    def replay(self) -> None:
+        torch.default_generator.set_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+class _Buffers:
+    """A module's buffers: replayed when evaluations change them, restored at the end."""
+
+    def __init__(self, module: torch.nn.Module | None) -> None:
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if module is not None:
+            self.pairs = [(b, b.detach().clone()) for b in module.buffers()]
+        self.mutable: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._watch = 2  # calls left to watch for buffers that change
+
+    def replay(self) -> None:
+        for buffer, saved in self.mutable:
+            buffer.data.copy_(saved)
+
+    def watch(self) -> None:
+        """After a call: remember which buffers it changed (only the first calls are watched)."""
+        if self._watch <= 0 or not self.pairs:
+            return
+        self._watch -= 1
+        seen = {id(b) for b, _ in self.mutable}
+        for buffer, saved in self.pairs:
+            if id(buffer) not in seen and not torch.equal(buffer, saved):
+                self.mutable.append((buffer, saved))
+
+    def restore(self) -> None:
+        for buffer, saved in self.pairs:
+            buffer.data.copy_(saved)
+
+
+class _Slot:
+    """One checked tensor: what evaluations read, and how to write into it exactly."""
+
+    def __init__(self, name: str, user: torch.Tensor, target: torch.Tensor) -> None:
+        self.name = name
+        self.user = user
+        self.target = target  # the user's tensor, or its float64 shadow
+        self.data = target.data  # writes bypass autograd's version counter
+        self.shape = tuple(target.shape)
+        self.device = target.device
+        self.flat = self.data.view(-1) if self.data.is_contiguous() else None
+        self.np_dtype = _NUMPY_DTYPES[target.dtype]
+        self.exact = self.np_dtype == np.float64
+        self.saved = self.data.clone()
+        self.saved_flat = self.saved.reshape(-1)
+        original = user.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy().copy()
+        original.flags.writeable = False  # the engine must not scribble on it
+        self.original: FloatArray = original
+
+    def _index(self, index: IndexArray) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.flat is not None:
+            return torch.from_numpy(index).to(self.device)
+        return tuple(
+            torch.from_numpy(np.ascontiguousarray(i)).to(self.device)
+            for i in np.unravel_index(index, self.shape)
+        )
+
+    def set(self, index: IndexArray | None, stored: npt.NDArray[Any]) -> None:
+        if index is not None and index.size == 1 and self.flat is not None:
+            self.flat[int(index[0])] = float(stored[0])  # exact: stored is in the tensor's dtype
+            return
+        source = torch.from_numpy(np.ascontiguousarray(stored)).to(self.device)
+        if index is None:
+            self.data.copy_(source.view(self.shape))
+        elif self.flat is not None:
+            self.flat[self._index(index)] = source
+        else:
+            self.data[self._index(index)] = source
+
+    def reset(self, index: IndexArray | None) -> None:
+        if index is None:
+            self.data.copy_(self.saved)
+        elif index.size == 1 and self.flat is not None:
+            i = int(index[0])
+            self.flat[i] = float(self.original[i])  # exact: the original came from this dtype
+        elif self.flat is not None:
+            where = self._index(index)
+            self.flat[where] = self.saved_flat[where]
+        else:
+            where = self._index(index)
+            self.data[where] = self.saved[where]
+
+    def restore(self) -> None:
+        self.data.copy_(self.saved)
+
+
+class _Grads:
+    """``.grad`` fields, saved when a user-supplied gradient function may touch them."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self.saved = [
+            (t, t.grad, None if t.grad is None else t.grad.detach().clone()) for t in tensors
+        ]
+
+    def restore(self) -> None:
+        for tensor, grad, values in self.saved:
+            tensor.grad = grad
+            if grad is not None and values is not None:
+                grad.data.copy_(values)
+
+
+# -- the view ----------------------------------------------------------------------------------
+
+
+class TorchView(FlatView):
+    """A flat view over a module's or a tensor container's parameters."""
+
+    adapter = "torch"
+
+    def __init__(
+        self, params: Any, loss: Callable[..., Any], grad: Any, *, shadow: bool = True
+    ) -> None:
+        self._loss = loss
+        self._grad = grad
+        self._module: torch.nn.Module | None = None
+        self._positions: dict[Path, int] = {}
+        if isinstance(params, torch.nn.Module):
+            self._module = unwrap_module(params)
+            entries = _module_entries(self._module)
+            self._presented: Any = self._module
+        else:
+            entries, self._positions = _tree_entries(params)
+            self._presented = params
+        self._template = params
+        self._entries = entries
+        self.device = _check_devices(entries)
+        for name, tensor in entries:
+            _check_tensor(name, tensor, tree=self._module is None)
+        _check_disjoint(entries)
+        self.layout = Layout.from_tensors(
+            [(name, tuple(t.shape), _NUMPY_DTYPES[t.dtype]) for name, t in entries]
+        )
+        self._notes: dict[str, str | int | float | bool | None] = {}
+        self._gradient: FloatArray | None = None
+        self._first = True
+        self._writes = 0
+        self._in_place = False
+        self._seen_loss_dtype: torch.dtype | None = None
+        self._tf32: Tf32Switch | None = None
+        self._shadow: torch.nn.Module | None = None
+        self._grads: _Grads | None = None
+        self._rng = _RngState()
+        self._grad_enabled = torch.is_grad_enabled()
+        wants_shadow = self._module is not None and shadow and self._needs_float64(self._module)
+        if wants_shadow:
+            try:
+                self._shadow = self._make_shadow(self._module)  # type: ignore[arg-type]
+            except Exception as exc:  # a module deepcopy or .double() cannot handle
+                self._fall_back(f"the module could not be copied: {type(exc).__name__}: {exc}")
+        if self._shadow is None:
+            self._go_native()
+        if self.device.type == "cuda":
+            self._tf32 = Tf32Switch.off()
+            self._notes["tf32"] = (
+                "disabled during the check (it was on for "
+                + (" and ".join(self._tf32.was_on) or "nothing")
+                + ")"
+            )
+
+    # -- setting up --------------------------------------------------------------------------
+
+    @staticmethod
+    def _needs_float64(module: torch.nn.Module) -> bool:
+        tensors = [*module.parameters(), *module.buffers()]
+        return any(t.dtype in LOW_PRECISION for t in tensors)
+
+    def _make_shadow(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A private float64 copy whose modules lift their inputs to float64."""
+        shadow = copy.deepcopy(module)
+        for parameter in shadow.parameters():
+            parameter.grad = None
+        shadow.double()
+        for submodule in shadow.modules():
+            submodule.register_forward_pre_hook(cast_inputs, with_kwargs=True)
+        by_name = dict(shadow.named_parameters())
+        self._slots = [_Slot(name, t, by_name[name]) for name, t in self._entries]
+        self._buffers = _Buffers(shadow)
+        self._presented = shadow
+        self._loss_dtype: np.dtype[Any] = np.dtype(np.float64)
+        self._notes["evaluation"] = "float64 shadow copy"
+        return shadow
+
+    def _go_native(self) -> None:
+        """Evaluate in place, in the tensors' own dtypes."""
+        self._shadow = None
+        self._in_place = True
+        self._seen_loss_dtype = None
+        self._presented = self._module if self._module is not None else self._template
+        self._slots = [_Slot(name, t, t) for name, t in self._entries]
+        self._buffers = _Buffers(self._module)
+        self._loss_dtype = _least_precise(*(slot.np_dtype for slot in self._slots))
+        self._notes.setdefault("evaluation", "in place")
+        if callable(self._grad):  # a user gradient function may run backward() on them
+            tensors = [t for _, t in self._entries]
+            if self._module is not None:
+                tensors = list(self._module.parameters())
+            self._grads = _Grads(tensors)
+
+    def _fall_back(self, reason: str) -> None:
+        dtypes = sorted({str(t.dtype).removeprefix("torch.") for _, t in self._entries})
+        self._notes["evaluation"] = f"in place, {'/'.join(dtypes)} (no float64 shadow: {reason})"
+        self._shadow = None
+
+    # -- calling the loss --------------------------------------------------------------------
+
+    def _run(self, function: Callable[..., Any], *, grad_enabled: bool) -> Any:
+        """Call ``function`` on what the loss sees, from the saved RNG and buffer state."""
+        self._rng.replay()
+        self._buffers.replay()
+        with torch.set_grad_enabled(grad_enabled):
+            if self._shadow is not None:
+                with Float64Mode():
+                    result = function(self._presented)
+            else:
+                result = function(self._presented)
+        self._buffers.watch()
+        return result
+
+    def _loss_tensor(self, value: Any) -> torch.Tensor:
+        """The loss as a one-element floating tensor, or a LossError that says what to fix."""
+        if not isinstance(value, torch.Tensor):
+            if self._grad is None:
+                raise LossError(
+                    f"the loss returned a {type(value).__name__}, not a tensor; gradguard "
+                    "differentiates the loss with autograd, so return the tensor itself "
+                    "(drop .item() / float()), or pass grad"
+                )
+            return torch.as_tensor(scalar_loss_value(value), dtype=torch.float64)
+        if value.numel() != 1:
+            raise LossError(
+                f"the loss returned a tensor of shape {tuple(value.shape)}; it must return a "
+                "scalar (reduce it, e.g. with .mean() or .sum())"
+            )
+        if value.dtype not in _LOSS_DTYPES:
+            raise LossError(
+                f"the loss returned a tensor of dtype {value.dtype}; it must be a real "
+                "floating tensor"
+            )
+        if value.dtype is not self._seen_loss_dtype:  # np.finfo is slow: once per dtype
+            self._seen_loss_dtype = value.dtype
+            self._loss_dtype = _least_precise(self._loss_dtype, _LOSS_DTYPES[value.dtype])
+        return value
+
+    @staticmethod
+    def _value(loss: torch.Tensor) -> float:
+        return float(loss.item())
+
+    def evaluate(self) -> float:
+        if self._first and self._writes == 0:
+            return self._first_evaluation()
+        # The hot path (every probe): _run inlined, and grad mode switched off once for the
+        # rest of the check instead of per call (restore() puts the caller's mode back).
+        self._rng.replay()
+        if self._buffers.mutable:
+            self._buffers.replay()
+        if torch.is_grad_enabled():
+            torch.set_grad_enabled(False)
+        if self._shadow is not None:
+            with Float64Mode():
+                value = self._loss(self._presented)
+        else:
+            value = self._loss(self._presented)
+        self._buffers.watch()
+        return self._value(self._loss_tensor(value))
+
+    def _first_evaluation(self) -> float:
+        """The loss at the unperturbed point, and the analytic gradient with it.
+
+        In a shadow, anything that fails (an op without float64 support, a custom backward
+        that mixes dtypes, a loss that ignores the module it is given) switches the check to
+        in-place evaluation before the engine has chosen a step from the loss dtype.
+        """
+        self._first = False
+        if self._shadow is not None:
+            try:
+                return self._value_and_gradient()
+            except _NoDependenceError:
+                self._fall_back(
+                    "the loss does not use the module it is given; write it as "
+                    "lambda m: ... m(x) ... to have it evaluated in float64"
+                )
+            except GradGuardError:
+                raise
+            except Exception as exc:
+                self._fall_back(f"{type(exc).__name__}: {exc}")
+            self._go_native()
+        return self._value_and_gradient()
+
+    def _value_and_gradient(self) -> float:
+        if self._grad is not None:
+            value = self._value(self._loss_tensor(self._run(self._loss, grad_enabled=False)))
+            if math.isfinite(value):
+                self._gradient = self._explicit_gradient()
+            return value
+        # Grad mode on throughout, even when the caller runs the check under torch.no_grad().
+        with self._requiring_grad(), torch.enable_grad():
+            loss = self._loss_tensor(self._run(self._loss, grad_enabled=True))
+            value = self._value(loss)
+            if math.isfinite(value):  # else the engine reports the loss, not the gradient
+                self._gradient = self._autograd(loss)
+        return value
+
+    def _requiring_grad(self) -> _RequiresGrad:
+        return _RequiresGrad([slot.target for slot in self._slots])
+
+    def _autograd(self, loss: torch.Tensor) -> FloatArray:
+        targets = [slot.target for slot in self._slots]
+        if not loss.requires_grad:
+            raise _NoDependenceError(_NO_DEPENDENCE)
+        if self._shadow is not None:
+            with Float64Mode():  # a custom backward may create tensors: default to float64
+                grads = torch.autograd.grad(loss.reshape(()), targets, allow_unused=True)
+        else:
+            grads = torch.autograd.grad(loss.reshape(()), targets, allow_unused=True)
+        if all(g is None for g in grads):
+            raise _NoDependenceError(_NO_DEPENDENCE)
+        missing = [s.name for s, g in zip(self._slots, grads, strict=True) if g is None]
+        if missing:
+            self._notes["no_gradient"] = ", ".join(missing)
+        flat = np.zeros(self.layout.size, dtype=np.float64)
+        for segment, g in zip(self.layout, grads, strict=True):
+            if g is not None:
+                flat[segment.offset : segment.stop] = _to_numpy(g)
+        self._check_finite(flat)
+        return flat
+
+    def _explicit_gradient(self) -> FloatArray:
+        grad = self._grad
+        value = self._run(grad, grad_enabled=True) if callable(grad) else grad
+        flat, dtype = _flatten_gradient(self, value)
+        self._check_finite(flat)
+        self._loss_dtype = _least_precise(self._loss_dtype, dtype)
+        return flat
+
+    def _check_finite(self, flat: FloatArray) -> None:
+        if np.all(np.isfinite(flat)):
+            return
+        for segment in self.layout:
+            part = flat[segment.offset : segment.stop]
+            bad = np.flatnonzero(~np.isfinite(part))
+            if bad.size:
+                first = list(segment.unravel(int(bad[0])))
+                raise GradientError(
+                    f"the gradient for {segment.name!r} (shape {segment.shape}) holds "
+                    f"{bad.size} non-finite value(s), the first at {first}: {part[bad[0]]!r}; "
+                    "fix the backward pass (a division by zero, a log of 0, an overflow?)"
+                )
+
+    # -- FlatView ----------------------------------------------------------------------------
+
+    def original(self, segment: int) -> FloatArray:
+        return self._slots[segment].original
+
+    def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
+        self._writes += 1
+        slot = self._slots[segment]
+        if slot.exact:
+            slot.set(index, values)
+            return values
+        stored = values.astype(slot.np_dtype)
+        slot.set(index, stored)
+        return stored.astype(np.float64)
+
+    def reset(self, segment: int, index: IndexArray | None) -> None:
+        self._slots[segment].reset(index)
+
+    @property
+    def loss_dtype(self) -> np.dtype[Any]:
+        return self._loss_dtype
+
+    def gradient(self) -> FloatArray:
+        if self._gradient is None:
+            # Not computed with the first evaluation (the engine wrote before evaluating).
+            self._value_and_gradient()
+        if self._gradient is None:
+            raise GradientError("the gradient could not be computed: the loss is not finite")
+        return self._gradient
+
+    @property
+    def notes(self) -> dict[str, str | int | float | bool | None]:
+        return dict(self._notes)
+
+    def _restore_grad_mode(self) -> None:
+        torch.set_grad_enabled(self._grad_enabled)
+
+    def restore(self) -> None:
+        """Parameters, buffers, ``.grad`` fields, RNG states and TF32 back, bit for bit."""
+        steps: list[Callable[[], None]] = []
+        if self._in_place:  # a shadow needs nothing back: the user's tensors were not written
+            steps += [slot.restore for slot in self._slots]
+            steps.append(self._buffers.restore)
+        if self._grads is not None:
+            steps.append(self._grads.restore)
+        steps.append(self._rng.replay)
+        if self._tf32 is not None:
+            steps.append(self._tf32.restore)
+        failure: BaseException | None = None
+        with torch.no_grad():
+            for step in steps:
+                try:
+                    step()
+                except BaseException as exc:  # keep restoring the rest, then re-raise
+                    failure = failure or exc
+        self._restore_grad_mode()  # after the no_grad block, which would undo it
+        if failure is not None:
+            raise failure
+
+
+class _RequiresGrad:
+    """Tensors that do not require grad are switched on for the gradient call, then back."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self.off = [t for t in tensors if not t.requires_grad]
+
+    def __enter__(self) -> None:
+        for tensor in self.off:
+            tensor.requires_grad_(True)
+
+    def __exit__(self, *exc: object) -> None:
+        for tensor in self.off:
+            tensor.requires_grad_(False)
+
+
+def _to_numpy(value: Any) -> FloatArray:
+    if isinstance(value, torch.Tensor):
+        tensor: torch.Tensor = value
+        if tensor.layout != torch.strided:  # nn.Embedding(sparse=True) gives sparse gradients
+            tensor = tensor.to_dense()
+        flat: FloatArray = tensor.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
+        return flat
+    return np.asarray(value, dtype=np.float64).reshape(-1)
+
+
+def _leaf_dtype(value: Any) -> np.dtype[Any]:
+    if isinstance(value, torch.Tensor):
+        return _LOSS_DTYPES.get(value.dtype, np.dtype(np.float64))
+    dtype = getattr(value, "dtype", None)
+    if isinstance(dtype, np.dtype) and dtype.kind == "f":
+        return dtype
+    return np.dtype(np.float64)
+
+
+def _flatten_gradient(view: TorchView, grad: Any) -> tuple[FloatArray, np.dtype[Any]]:
+    """A user-supplied gradient, checked against the params' structure and flattened.
+
+    ``None`` for a tensor counts as zeros (as ``.grad`` is ``None`` when nothing flowed).
+    Returns the flat gradient and the least precise dtype it came in.
+    """
+    leaves: list[tuple[str, Any]]
+    if view._module is not None:
+        leaves = _module_gradient_leaves(view, grad)
+    else:
+        leaves = _tree_gradient_leaves(view, grad)
+    flat = np.zeros(view.layout.size, dtype=np.float64)
+    dtype = np.dtype(np.float64)
+    for segment, (name, leaf) in zip(view.layout, leaves, strict=True):
+        if leaf is None:
+            continue
+        if not isinstance(leaf, torch.Tensor | np.ndarray | numbers.Real | np.generic):
+            raise GradientError(
+                f"the gradient for {name!r} is a {type(leaf).__name__}, not a tensor of shape "
+                f"{segment.shape}"
+            )
+        shape = tuple(leaf.shape) if isinstance(leaf, torch.Tensor) else np.asarray(leaf).shape
+        if shape != segment.shape:
+            raise GradientError(
+                f"the gradient for {name!r} has shape {shape} but the parameter has shape "
+                f"{segment.shape}; grad must give one tensor per parameter, same shape "
+                "(a transposed or unsummed gradient?)"
+            )
+        flat[segment.offset : segment.stop] = _to_numpy(leaf)
+        dtype = _least_precise(dtype, _leaf_dtype(leaf))
+    return flat, dtype
+
+
+def _module_gradient_leaves(view: TorchView, grad: Any) -> list[tuple[str, Any]]:
+    names = view.layout.names
+    if isinstance(grad, torch.Tensor) and len(names) == 1:
+        return [(names[0], grad)]
+    if isinstance(grad, dict):
+        missing = [n for n in names if n not in grad]
+        module = view._module
+        assert module is not None
+        known = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+        unknown = [str(k) for k in grad if k not in names and k not in known]
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing}")
+            if unknown:
+                parts.append(f"unknown names {unknown}")
+            raise GradientError(
+                "the gradient dict has " + " and ".join(parts) + "; it must map every "
+                "parameter name of model.named_parameters() that requires grad to its gradient"
+            )
+        return [(n, grad[n]) for n in names]
+    if isinstance(grad, list | tuple):
+        if len(grad) != len(names):
+            raise GradientError(
+                f"the gradient is a {type(grad).__name__} of length {len(grad)}, but the model "
+                f"has {len(names)} parameters that require grad; give one tensor per "
+                "parameter in model.named_parameters() order, or a dict by name"
+            )
+        return list(zip(names, grad, strict=True))
+    raise GradientError(
+        f"the gradient is a {type(grad).__name__}; for a module, grad must be (or return) a "
+        "dict {name: tensor} over model.named_parameters(), or a list in that order"
+    )
+
+
+def _tree_gradient_leaves(view: TorchView, grad: Any) -> list[tuple[str, Any]]:
+    chosen: dict[int, tuple[str, Any]] = {}
+    for path, leaf in _walk_like(view._template, grad, ()):
+        position = view._positions.get(path)
+        if position is not None and position not in chosen:
+            chosen[position] = (_name(path), leaf)
+    return [chosen[i] for i in range(len(view.layout))]
+
+
+def _walk_like(template: Any, grad: Any, path: Path) -> Iterator[tuple[Path, Any]]:
+    """Walk ``grad`` along ``template``'s structure, naming any mismatch."""
+    where = _name(path)
+    if isinstance(template, dict):
+        if not isinstance(grad, dict):
+            raise GradientError(
+                f"the gradient for {where!r} is a {type(grad).__name__}, but params there is "
+                "a dict: grad must mirror the structure of params"
+            )
+        missing = [str(k) for k in template if k not in grad]
+        extra = [str(k) for k in grad if k not in template]
+        if missing or extra:
+            parts = [f"missing keys {missing}"] if missing else []
+            parts += [f"unexpected keys {extra}"] if extra else []
+            raise GradientError(
+                f"the gradient dict at {where!r} has " + " and ".join(parts) + "; it must have "
+                "the same keys as params"
+            )
+        for key, value in template.items():
+            yield from _walk_like(value, grad[key], (*path, key))
+    elif isinstance(template, list | tuple):
+        if not isinstance(grad, list | tuple) or len(grad) != len(template):
+            kind = f"a {type(grad).__name__}"
+            if isinstance(grad, list | tuple):
+                kind += f" of length {len(grad)}"
+            raise GradientError(
+                f"the gradient for {where!r} is {kind}, but params there is a "
+                f"{type(template).__name__} of length {len(template)}"
+            )
+        for position, (value, g) in enumerate(zip(template, grad, strict=True)):
+            yield from _walk_like(value, g, (*path, position))
+    else:
+        yield path, grad
+
+
+class TorchAdapter(Adapter):
+    """Claims torch modules, tensors and Parameters, and dicts/lists/tuples of tensors.
+
+    Args:
+        shadow: Evaluate float32/float16 modules in a float64 shadow copy (the default).
+            ``False`` evaluates every model in place, in its own dtype (the measurements in
+            docs/pytorch.md compare the two).
+    """
+
+    name: ClassVar[str] = "torch"
+    autodiff: ClassVar[bool] = True
+
+    def __init__(self, *, shadow: bool = True) -> None:
+        self.shadow = shadow
+
+    def open(self, params: Any, loss: Callable[..., Any], grad: Any) -> FlatView:
+        return TorchView(params, loss, grad, shadow=self.shadow)
