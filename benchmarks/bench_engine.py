@@ -67,6 +67,7 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
 import gradguard as gg  # noqa: E402
+from gradguard.engine import DEFAULT_COORDINATES  # noqa: E402
 
 FloatArray = npt.NDArray[np.float64]
 Params = dict[str, FloatArray]
@@ -204,7 +205,7 @@ def overhead_section(reps: int, calls_per_rep: int, batch: int) -> list[str]:
     params = model.params
     before = {k: v.copy() for k, v in params.items()}
     modes: list[tuple[str, dict[str, Any]]] = [
-        ("default (directions=2, 32 coordinates)", {}),
+        ("default (directions=2, 8 coordinates)", {}),
         ("sample=256 (+ default directions=2)", {"sample": 256}),
         ("sample=64, directions=0", {"sample": 64, "directions": 0}),
     ]
@@ -320,7 +321,7 @@ def quadratic_model(n: int, seed: int = 0) -> tuple[Params, LossFn, GradFn]:
 
 def evaluations_section() -> list[str]:
     n_tensors = 4
-    k, k_default, directions = 64, 32, 2
+    k, k_default, directions = 64, DEFAULT_COORDINATES, 2
     modes: list[tuple[str, dict[str, Any], Callable[[int], int]]] = [
         ('seed / sample="all"', {"sample": "all"}, lambda n: 2 * n + 2),
         (f"sample={k}, directions=0", {"sample": k, "directions": 0}, lambda n: 2 * k + 2),
@@ -330,7 +331,7 @@ def evaluations_section() -> list[str]:
             lambda n: 2 * k + 2 * directions * n_tensors + 2,
         ),
         (
-            "default (directions=2, 32 coords)",
+            "default (directions=2, 8 coords)",
             {},
             lambda n: 2 * max(k_default, n_tensors) + 2 * directions * n_tensors + 2,
         ),
@@ -355,7 +356,7 @@ def evaluations_section() -> list[str]:
         header,
         "|---|---|" + "---:|" * len(sizes),
     ]
-    formulas = ["2n + 2", "2k + 2", "2k + 2KT + 2", "2*32 + 2KT + 2", "2KT + 2"]
+    formulas = ["2n + 2", "2k + 2", "2k + 2KT + 2", f"2*{DEFAULT_COORDINATES} + 2KT + 2", "2KT + 2"]
     models = {n: quadratic_model(n) for n in sizes}
     for (label, options, predict), formula in zip(modes, formulas, strict=True):
         cells = []
@@ -372,7 +373,7 @@ def evaluations_section() -> list[str]:
     lines += [
         "",
         "Cells in parentheses are the formula only. K = 2 directions, k = 64; the default "
-        "strategy uses max(32, T) coordinates. DESIGN.md's table says 2k \"(+1 for kink and "
+        "strategy uses max(8, T) coordinates. DESIGN.md's table says 2k \"(+1 for kink and "
         'determinism checks)"; the engine makes +2 (both at theta), as counted here.',
         "",
     ]

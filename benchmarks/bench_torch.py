@@ -177,7 +177,7 @@ def fast_mode_section(reps: int, peer_on_bugs: bool = True) -> list[str]:
     problem = Problem(hidden=64, batch=16)
     before = [p.detach().clone() for p in problem.model.parameters()]
     modes: list[tuple[str, dict[str, Any]]] = [
-        ("gradguard default (32 coordinates + 2 directions per tensor)", {}),
+        ("gradguard default (8 coordinates + 2 directions per tensor)", {}),
         ("gradguard sample=0, directions=2 (per-tensor directions only)", {"sample": 0}),
         ("gradguard sample=0, directions=1", {"sample": 0, "directions": 1}),
     ]

@@ -59,6 +59,19 @@ class FlatView(abc.ABC):
     def reset(self, segment: int, index: IndexArray | None) -> None:
         """Write the original values back at ``index`` of a tensor (``None``: the whole tensor)."""
 
+    def write_element(self, segment: int, local: int, value: float) -> float:
+        """Write one element; return the value stored (after rounding), as a float.
+
+        The engine calls this for every coordinate probe. The default goes through
+        :meth:`write`; an adapter may override it with a path that allocates nothing.
+        """
+        index = np.array([local], dtype=np.intp)
+        return float(self.write(segment, index, np.array([value]))[0])
+
+    def reset_element(self, segment: int, local: int) -> None:
+        """Write one element's original value back (default: through :meth:`reset`)."""
+        self.reset(segment, np.array([local], dtype=np.intp))
+
     @abc.abstractmethod
     def evaluate(self) -> float:
         """Evaluate the loss at the current values and return it as a Python float.

@@ -93,7 +93,7 @@ def check(
         eps: Absolute step; default ``u**(1/3) * max(1, |x|)`` for the loss's dtype.
         tolerance: Tolerance on the relative difference; default by dtype
             (1e-6 float64, 1e-2 float32, 1e-1 float16).
-        sample: ``None`` (default: 32 coordinates, at least one per tensor), an int k, or
+        sample: ``None`` (default: 8 coordinates, at least one per tensor), an int k, or
             ``"all"`` (every coordinate).
         directions: Random directions per tensor (default 2; 0 with ``sample="all"``).
         seed: Seed for the private generator that picks coordinates and directions;

@@ -117,6 +117,7 @@ class _Leaf:
         self.array: np.ndarray[Any, Any] = array if self.in_place else array.copy()
         self.flat = self.array.reshape(-1) if self.array.flags.c_contiguous else None
         self.saved = np.array(self.array, copy=True)
+        self.saved_flat = self.saved.reshape(-1)
 
     def present(self) -> Any:
         """The value the loss receives for this leaf."""
@@ -230,6 +231,20 @@ class NumpyView(FlatView):
 
     def reset(self, segment: int, index: IndexArray | None) -> None:
         self._leaves[segment].reset(index)
+
+    def write_element(self, segment: int, local: int, value: float) -> float:
+        leaf = self._leaves[segment]
+        if leaf.flat is None:
+            return super().write_element(segment, local, value)
+        leaf.flat[local] = value
+        return float(leaf.flat[local])
+
+    def reset_element(self, segment: int, local: int) -> None:
+        leaf = self._leaves[segment]
+        if leaf.flat is None:
+            super().reset_element(segment, local)
+        else:
+            leaf.flat[local] = leaf.saved_flat[local]
 
     def evaluate(self) -> float:
         value = self._call(self._loss, "loss")

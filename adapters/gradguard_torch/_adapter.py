@@ -636,6 +636,22 @@ class TorchView(FlatView):
     def reset(self, segment: int, index: IndexArray | None) -> None:
         self._slots[segment].reset(index)
 
+    def write_element(self, segment: int, local: int, value: float) -> float:
+        slot = self._slots[segment]
+        if slot.flat is None:
+            return super().write_element(segment, local, value)
+        self._writes += 1
+        stored = value if slot.exact else float(slot.np_dtype.type(value))
+        slot.flat[local] = stored  # exact: stored is representable in the tensor's dtype
+        return stored
+
+    def reset_element(self, segment: int, local: int) -> None:
+        slot = self._slots[segment]
+        if slot.flat is None:
+            super().reset_element(segment, local)
+        else:
+            slot.flat[local] = float(slot.original[local])  # the original came from this dtype
+
     @property
     def loss_dtype(self) -> np.dtype[Any]:
         return self._loss_dtype
