@@ -8,11 +8,16 @@ could not tell from noise. gradguard evaluates the
 float32 model in a float64 shadow copy, so the check sees it, and says which tensors it
 corrupts: those *upstream* of the activation, not the layer after it.
 
-Run: ``python examples/torch_custom_function.py`` (a few seconds).
+Then the same check runs in a training loop through a ``gradguard.Guard``: on the buggy model
+it stops training at the first check; on the fixed one it switches itself off after two
+passing checks.
+
+Run: ``python examples/torch_custom_function.py [--log PATH]`` (a few seconds).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Any
 
@@ -59,6 +64,9 @@ class Mlp(nn.Module):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--log", help="JSON-lines file for the training loop's checks")
+    log_file = parser.parse_args().log
     torch.manual_seed(0)
     x = torch.randn(64, 10)  # float32 data, a float32 model: the usual setup
     y = torch.randn(64, 1)
@@ -99,9 +107,43 @@ def main() -> None:
     report = gg.check(loss, fixed, seed=0)
     print(report)
 
-    # -- Training-loop Guard ----------------------------------------------------------------
-    # PLACEHOLDER (the lead adds this part once gradguard.Guard exists): the same check,
-    # every k steps of a training loop, switching itself off after a few clean checks.
+    print()
+    train_with_guard(x, y, log_file)
+
+
+def train_with_guard(x: torch.Tensor, y: torch.Tensor, log_file: str | None) -> None:
+    """The same check in a training loop: one ``guard.step()`` line, every 25 steps."""
+    print("== in a training loop: a Guard checks every 25 steps on a probe batch ==")
+    x_probe, y_probe = x[:16], y[:16]  # a fixed probe batch
+
+    def probe_loss(model: nn.Module) -> torch.Tensor:
+        return F.mse_loss(model(x_probe), y_probe)
+
+    for label, buggy in (("hand-written GELU", True), ("fixed GELU", False)):
+        torch.manual_seed(1)
+        net = Mlp(buggy=buggy)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+        guard = gg.Guard(probe_loss, net, every=25, max_checks=2, log_file=log_file, seed=3)
+        steps = 200
+        try:
+            for _ in range(steps):
+                batch = torch.randint(0, len(x), (16,))
+                optimizer.zero_grad()
+                F.mse_loss(net(x[batch]), y[batch]).backward()
+                optimizer.step()
+                guard.step()
+        except gg.GradientCheckError as error:
+            failed = ", ".join(error.report.failed)
+            stopped = guard.steps - 1
+            print(
+                f"  {label}: training stopped at step {stopped}: gradient check failed on {failed}"
+            )
+            continue
+        checks = len(guard.reports)
+        print(
+            f"  {label}: {checks} passing checks, then the guard switched itself off; "
+            f"training ran all {steps} steps"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ Messages name the tensor, its shape and dtype where one is involved, and say wha
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gradguard.report import CheckReport
+
 __all__ = [
     "AdapterNotFoundError",
     "GradGuardError",
@@ -56,7 +61,7 @@ class GradientCheckError(GradGuardError, AssertionError):
     It derives from ``AssertionError`` so that pytest shows it as a failed assertion.
     """
 
-    def __init__(self, message: str, report: object) -> None:
+    def __init__(self, message: str, report: CheckReport) -> None:
         super().__init__(message)
         self.report = report
 

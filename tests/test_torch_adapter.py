@@ -711,10 +711,18 @@ def _run_example(name: str) -> str:
 
 def test_custom_function_example_catches_the_gelu_bug_and_says_where() -> None:
     """examples/torch_custom_function.py fails the buggy GELU upstream of it (hidden.*), passes
-    the layer after it, says it ran in a float64 shadow, and passes the fixed version."""
+    the layer after it, says it ran in a float64 shadow, passes the fixed version, and a Guard
+    catches the bug in a training loop."""
     out = _run_example("torch_custom_function.py")
     assert "FAILED, 2 of 4 tensors wrong: hidden.weight, hidden.bias" in out
     assert "PASSED, all 4 tensors agree" in out
     assert "What to look at:" in out
     assert "float64 shadow copy (model dtype float32)" in out
     assert "out.weight, out.bias pass" in out
+    # The training-loop part: a Guard stops the buggy run at its first check and switches
+    # itself off on the fixed one.
+    assert (
+        "hand-written GELU: training stopped at step 0: gradient check failed on "
+        "hidden.weight, hidden.bias" in out
+    )
+    assert "fixed GELU: 2 passing checks, then the guard switched itself off" in out
