@@ -1,5 +1,6 @@
 # Two commands do all setup (see README.md):
-#   make demo   creates .venv, installs gradguard with its dev extras, runs the main example
+#   make demo   creates .venv, installs gradguard with its extras (dev, torch, tensorflow, plot),
+#               runs the examples and gradguard report
 #   make test   same venv, runs lint, type checks, the strict docs build and the whole test-suite
 # Both are idempotent: the install step reruns only when pyproject.toml or constraints.txt change.
 
@@ -7,7 +8,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev
+EXTRAS ?= dev,torch,tensorflow,plot
 
 .PHONY: demo test lint typecheck docs bench clean
 
