@@ -39,3 +39,11 @@ def test_guard_benchmark_reports_the_disabled_step() -> None:
     out = _run(str(BENCHMARKS / "bench_guard.py"), "--quick")
     assert "| guard.step(), guard switched off |" in out
     assert "| empty Python function call |" in out
+
+
+def test_tensorflow_benchmark_quick_run_reports_every_section() -> None:
+    """bench_tensorflow.py --quick prints the speed, copy-on-read and peer sections."""
+    out = _run(str(BENCHMARKS / "bench_tensorflow.py"), "--quick")
+    assert "## 1. Compiled vs eager" in out and "## 2. Copy-on-read" in out
+    assert "## 3. Against tf.test.compute_gradient" in out
+    assert "Variables bit-identical after every check: yes" in out

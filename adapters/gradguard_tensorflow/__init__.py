@@ -2,11 +2,21 @@
 
 Claims ``tf.Variable`` and ``keras.Variable`` objects, ``keras.Model`` and ``keras.Layer``
 objects and ``tf.Module`` objects (their trainable variables), and dicts, lists and tuples
-of them. ``gradguard.check(loss, model)`` then computes the analytic gradient with
-``tf.GradientTape`` and evaluates the loss as compiled ``tf.function`` traces; Keras
-variables are never written (the loss reads perturbed values through a ``StatelessScope``),
-plain ``tf.Variable`` objects only densely. ``docs/tensorflow.md`` has the design, the
-numerics and the measurements.
+of them::
+
+    import gradguard as gg
+    from gradguard_tensorflow import TFParams, model_loss
+
+    report = gg.check(model_loss(model, x, y), model)          # a compiled Keras model
+    report = gg.check(lambda m: my_loss(m(x), y), model)       # any loss(model) -> scalar
+    report = gg.check(loss, TFParams(model, precision="native"))  # float32, faster
+
+The analytic gradient comes from ``tf.GradientTape`` (or ``grad``, as for NumPy); every
+loss evaluation is a compiled ``tf.function`` call. Keras variables are never written (the
+loss reads the perturbed values through a ``StatelessScope``), plain ``tf.Variable``
+objects only by dense assigns, never sparse writes; everything is bit-identical afterwards.
+A float32 Keras model is evaluated through a float64 trace of itself by default.
+``docs/tensorflow.md`` has the design, the numerics and the measurements.
 
 Importing this module does not import TensorFlow: a user who holds a TensorFlow object has
 it in ``sys.modules`` already, and the claim hook looks there first.

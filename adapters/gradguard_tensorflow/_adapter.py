@@ -1,0 +1,38 @@
+"""The adapter object the claim hook returns; TensorFlow is imported only when it opens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from gradguard.adapter import Adapter, FlatView
+from gradguard.errors import LossError
+from gradguard_tensorflow._options import TFParams
+
+__all__ = ["TensorFlowAdapter"]
+
+
+class TensorFlowAdapter(Adapter):
+    """Claims TensorFlow and Keras params; computes the analytic gradient with GradientTape."""
+
+    name: ClassVar[str] = "tensorflow"
+    autodiff: ClassVar[bool] = True
+
+    def open(self, params: Any, loss: Callable[..., Any], grad: Any) -> FlatView:
+        """Validate ``params`` and return a view; nothing is written until the engine writes.
+
+        A :class:`~gradguard_tensorflow.TFParams` is unwrapped: the loss receives its
+        ``params``.
+        """
+        # Imported here: the claim hook and this module must not import TensorFlow.
+        from gradguard_tensorflow._view import TensorFlowView
+
+        precision = "auto"
+        if isinstance(params, TFParams):
+            precision = params.precision
+            params = params.params
+        if not callable(loss):
+            raise LossError(
+                f"loss must be a callable loss(params) -> scalar, got {type(loss).__name__}"
+            )
+        return TensorFlowView(params, loss, grad, precision)

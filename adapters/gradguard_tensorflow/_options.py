@@ -1,0 +1,45 @@
+"""Options for a TensorFlow check, carried with the params (``check`` has no adapter options)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from gradguard.errors import SettingsError
+
+__all__ = ["PRECISIONS", "Precision", "TFParams"]
+
+Precision = Literal["auto", "float64", "native"]
+PRECISIONS: tuple[str, ...] = ("auto", "float64", "native")
+
+
+def _check_precision(_: object, __: attrs.Attribute[str], value: object) -> None:
+    if value not in PRECISIONS:
+        raise SettingsError(
+            f"precision must be one of {', '.join(repr(p) for p in PRECISIONS)}, got {value!r}"
+        )
+
+
+@attrs.frozen
+class TFParams:
+    """TensorFlow or Keras params with options for how the check evaluates the loss.
+
+    ``gg.check(loss, TFParams(model, precision="native"))`` checks ``model`` exactly as
+    ``gg.check(loss, model)`` would, with the options below; the loss still receives ``model``.
+
+    Attributes:
+        params: What to check: a keras.Model or keras.Layer, a tf.Module, a tf.Variable or
+            keras.Variable, or a dict, list or tuple of them.
+        precision: How the loss is evaluated (``docs/tensorflow.md``, "Numerics"):
+
+            - ``"auto"`` (default): ``"float64"`` when the Keras model traces cleanly in
+              float64, else ``"native"``; the report's ``notes`` say which and why.
+            - ``"float64"``: evaluate a float64 trace of the model (loss, finite differences
+              and analytic gradient all in float64, tolerance 1e-6); an error if it cannot.
+            - ``"native"``: evaluate in the variables' own dtype (float32: tolerance 1e-2,
+              with the engine's noise-aware second look).
+    """
+
+    params: Any
+    precision: Precision = attrs.field(default="auto", validator=_check_precision)
