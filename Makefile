@@ -30,8 +30,14 @@ demo: $(STAMP)
 	@echo "=== 2. A NumPy model trained by hand, with a Guard in the loop"
 	$(PY) examples/numpy_training_loop.py --log $(DEMO_LOGS)/numpy_training_loop.jsonl
 	@echo
-	@echo "=== 3. gradguard report over the logs (exit code 1 would mean a failed check)"
-	$(VENV)/bin/gradguard report $(DEMO_LOGS)/*.jsonl --plot $(DEMO_LOGS)/gradcheck.png
+	@echo "=== 3. PyTorch: a custom autograd Function with a subtle backward bug"
+	$(PY) examples/torch_custom_function.py --log $(DEMO_LOGS)/torch_custom_function.jsonl
+	@echo
+	@echo "=== 4. gradguard report over every log the demo wrote"
+	@$(VENV)/bin/gradguard report $(DEMO_LOGS)/*.jsonl --plot $(DEMO_LOGS)/gradcheck.png; \
+	  code=$$?; echo; \
+	  echo "gradguard report exited with $$code: 1 means a check failed, as expected here (the buggy"; \
+	  echo "runs above were caught), so in CI this command is the gate. The plot: $(DEMO_LOGS)/gradcheck.png"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gradguard adapters tests examples benchmarks

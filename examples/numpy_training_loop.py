@@ -69,6 +69,7 @@ def train(steps: int, log_file: str | None) -> tuple[dict[str, np.ndarray], gg.G
             every=50,
             max_checks=3,
             log_file=log_file,
+            run_id="numpy-loop",
             seed=7,
         )
     for step in range(steps):

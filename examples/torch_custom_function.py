@@ -119,11 +119,16 @@ def train_with_guard(x: torch.Tensor, y: torch.Tensor, log_file: str | None) -> 
     def probe_loss(model: nn.Module) -> torch.Tensor:
         return F.mse_loss(model(x_probe), y_probe)
 
-    for label, buggy in (("hand-written GELU", True), ("fixed GELU", False)):
+    for label, buggy, run_id in (
+        ("hand-written GELU", True, "torch-gelu-buggy"),
+        ("fixed GELU", False, "torch-gelu-fixed"),
+    ):
         torch.manual_seed(1)
         net = Mlp(buggy=buggy)
         optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
-        guard = gg.Guard(probe_loss, net, every=25, max_checks=2, log_file=log_file, seed=3)
+        guard = gg.Guard(
+            probe_loss, net, every=25, max_checks=2, log_file=log_file, run_id=run_id, seed=3
+        )
         steps = 200
         try:
             for _ in range(steps):

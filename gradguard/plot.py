@@ -15,6 +15,7 @@ from gradguard.errors import GradGuardError
 __all__ = ["MissingDependencyError", "plot_differences"]
 
 _FLOOR = 1e-18  # where a difference of exactly 0 is drawn on the log scale
+_MAX_PANELS = 6
 
 
 class MissingDependencyError(GradGuardError, ImportError):
@@ -40,18 +41,30 @@ def plot_differences(logs: LogRecords, path: str | os.PathLike[str]) -> str:
             "plotting needs matplotlib: pip install 'gradguard[plot]' (or pip install matplotlib)"
         ) from exc
 
-    runs = sorted({c.get("run_id") or NO_RUN for c in logs.checks})
-    series: dict[str, dict[str, list[Any]]] = {}
+    # One panel per run (in order of appearance), sharing both axes; within a panel one line
+    # per tensor. Runs past the first few share the last panel, so the figure stays readable.
+    runs: list[str] = []
+    for check in logs.checks:
+        run = check.get("run_id") or NO_RUN
+        if run not in runs:
+            runs.append(run)
+    panels = runs[: _MAX_PANELS - 1] + (["(other runs)"] if len(runs) >= _MAX_PANELS else runs[-1:])
+    panels = list(dict.fromkeys(panels))
+    series: dict[str, dict[str, dict[str, list[Any]]]] = {panel: {} for panel in panels}
+    counts: dict[str, list[int]] = {panel: [0, 0] for panel in panels}
     tolerances: set[float] = set()
     for index, check in enumerate(logs.checks):
         step = check.get("step")
         x = step if isinstance(step, int) else index
         run = check.get("run_id") or NO_RUN
+        panel = run if run in series else "(other runs)"
+        counts[panel][0] += 1
+        counts[panel][1] += check.get("passed") is not True
         for param in check.get("params") or []:
             label = str(param.get("name"))
-            if len(runs) > 1:
+            if panel == "(other runs)":
                 label = f"{run}: {label}"
-            entry = series.setdefault(label, {"x": [], "y": [], "fail_x": [], "fail_y": []})
+            entry = series[panel].setdefault(label, {"x": [], "y": [], "fail_x": [], "fail_y": []})
             difference = param.get("difference")
             if not isinstance(difference, int | float):
                 continue
@@ -65,45 +78,61 @@ def plot_differences(logs: LogRecords, path: str | os.PathLike[str]) -> str:
             if isinstance(tolerance, int | float) and tolerance > 0:
                 tolerances.add(float(tolerance))
 
-    figure, axes = plt.subplots(figsize=(9, 5), layout="constrained")
+    height = 1.2 + 2.6 * len(panels)
+    figure, grid = plt.subplots(
+        len(panels),
+        1,
+        figsize=(9, height),
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+        squeeze=False,
+    )
     # Red is kept for the failure markers: the lines cycle through tab10 without it.
     tab10 = plt.get_cmap("tab10")
     palette = [tab10(i) for i in range(10) if i != 3]  # tab10's fourth colour is red
-    axes.set_prop_cycle(color=palette)
-    for label, entry in sorted(series.items()):
-        axes.plot(entry["x"], entry["y"], marker="o", markersize=3, label=label)
-        if entry["fail_x"]:
-            axes.scatter(
-                entry["fail_x"],
-                entry["fail_y"],
-                marker="X",
-                s=90,
-                color="crimson",
-                zorder=5,
-                edgecolors="black",
-                linewidths=0.5,
+    for axes, panel in zip(grid[:, 0], panels, strict=True):
+        axes.set_prop_cycle(color=palette)
+        for label, entry in sorted(series[panel].items()):
+            axes.plot(entry["x"], entry["y"], marker="o", markersize=4, label=label)
+            if entry["fail_x"]:
+                axes.scatter(
+                    entry["fail_x"],
+                    entry["fail_y"],
+                    marker="X",
+                    s=110,
+                    color="crimson",
+                    zorder=5,
+                    edgecolors="black",
+                    linewidths=0.5,
+                )
+        for tolerance in sorted(tolerances):
+            axes.axhline(tolerance, color="gray", linestyle="--", linewidth=1)
+            axes.annotate(
+                f"tolerance {tolerance:g}",
+                xy=(0.0, tolerance),
+                xycoords=("axes fraction", "data"),
+                xytext=(4, 3),
+                textcoords="offset points",
+                fontsize=8,
+                color="dimgray",
             )
-    for tolerance in sorted(tolerances):
-        axes.axhline(tolerance, color="gray", linestyle="--", linewidth=1)
-        axes.annotate(
-            f"tolerance {tolerance:g}",
-            xy=(0.0, tolerance),
-            xycoords=("axes fraction", "data"),
-            xytext=(4, 3),
-            textcoords="offset points",
-            fontsize=8,
-            color="dimgray",
-        )
-    axes.set_yscale("log")
-    axes.set_xlabel("training step")
-    axes.set_ylabel("relative difference (analytic vs numeric)")
-    failed = sum(1 for c in logs.checks if c.get("passed") is not True)
-    axes.set_title(
-        f"gradguard: {len(logs.checks)} checks, {failed} failed (red X = failing tensor)"
+        checks, failed = counts[panel]
+        verdict = f"{failed} failed" if failed else "all passed"
+        noun = "check" if checks == 1 else "checks"
+        axes.set_title(f"run {panel}: {checks} {noun}, {verdict}", fontsize=10, loc="left")
+        axes.set_yscale("log")
+        axes.set_ylabel("relative difference")
+        axes.grid(True, which="major", alpha=0.3)
+        if series[panel]:
+            axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    grid[-1, 0].set_xlabel("training step")
+    failed_total = sum(1 for c in logs.checks if c.get("passed") is not True)
+    figure.suptitle(
+        f"gradguard: {len(logs.checks)} checks, {failed_total} failed "
+        "(red X: a failing tensor; dashed: tolerance)",
+        fontsize=11,
     )
-    axes.grid(True, which="major", alpha=0.3)
-    if series:
-        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     target = os.fspath(path)
     figure.savefig(target, dpi=120)
     plt.close(figure)

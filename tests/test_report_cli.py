@@ -192,15 +192,26 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def test_plot_writes_a_png_and_still_prints_the_summary(
     capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, failing: pathlib.Path
 ) -> None:
-    """--plot PNG draws a real PNG figure (9 x 5 in at 120 dpi) and the summary still prints."""
+    """--plot PNG draws a real PNG (one 9-inch-wide panel per run, 120 dpi); the summary prints."""
     target = tmp_path / "out.png"
     code, out, err = report(capsys, failing, "--plot", target)
     assert code == 1 and err == ""
     assert out.splitlines()[0] == f"plot written to {target}"
     assert "gradguard report: 3 of 3 checks FAILED (1 run)" in out
     data = target.read_bytes()
-    assert _png_size(data) == (1080, 600)
+    assert _png_size(data) == (1080, 456)  # 9 x (1.2 + 2.6 per run) inches
     assert len(data) > 10_000
+
+
+def test_plot_has_one_panel_per_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, failing: pathlib.Path
+) -> None:
+    """Two runs in the logs give a figure two panels tall."""
+    both = tmp_path / "both.jsonl"
+    both.write_text(failing.read_text() + failing.read_text().replace('"run_id":"', '"run_id":"b-'))
+    target = tmp_path / "two.png"
+    report(capsys, both, "--plot", target)
+    assert _png_size(target.read_bytes()) == (1080, 768)  # 9 x (1.2 + 2 x 2.6) inches
 
 
 def test_plot_without_matplotlib_exits_2_naming_the_extra(
