@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,torch,tensorflow,plot
+EXTRAS ?= dev,torch,lightning,tensorflow,plot
 
 .PHONY: demo test lint typecheck docs bench clean
 

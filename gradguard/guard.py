@@ -105,6 +105,8 @@ class Guard:
         tensors_per_check: Check only this many tensors per check, rotating over them.
         ranks: In a distributed run, the process ranks that check (default: rank 0 only);
             ``"all"`` for every rank.
+        source: The front door named in the records (a callback built on a guard sets its
+            own, e.g. ``"lightning"``).
         **check_options: ``eps``, ``tolerance``, ``sample``, ``directions``, ``tensors``,
             as for :func:`gradguard.check`.
 
@@ -127,6 +129,7 @@ class Guard:
         seed: int | None = None,
         tensors_per_check: int | None = None,
         ranks: Collection[int] | Literal["all"] = (0,),
+        source: str = "guard",
         **check_options: Any,
     ) -> None:
         unknown = sorted(set(check_options) - set(_CHECK_OPTIONS))
@@ -151,6 +154,7 @@ class Guard:
         self.seed = seed if seed is not None else secrets.randbits(32)
         self.tensors_per_check = tensors_per_check
         self.ranks = ranks
+        self.source = source
         self._coverage = Coverage(self.seed)
         self._reports: list[CheckReport] = []
         self._passed = 0
@@ -178,7 +182,9 @@ class Guard:
         return self._steps
 
     def _context(self, step: int | None) -> CheckContext:
-        return CheckContext(source="guard", step=step, run_id=self.run_id, log_file=self.log_file)
+        return CheckContext(
+            source=self.source, step=step, run_id=self.run_id, log_file=self.log_file
+        )
 
     def disable(self, reason: str = "user", step: int | None = None) -> None:
         """Switch the guard off for good, recording why (and at which step) in the log."""
