@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,12 +13,12 @@ from gradguard.adapter import Adapter, FlatView, IndexArray, scalar_loss_value
 from gradguard.errors import GradientError, InvalidParamsError
 from gradguard.layout import Layout
 from gradguard.numerics import SUPPORTED_DTYPES
+from gradguard.tree import Path, path_name, rebuild, walk, walk_like
 
 __all__ = ["NumpyAdapter", "NumpyView", "is_numpy_tree"]
 
 FloatArray = npt.NDArray[np.float64]
 _LEAF_TYPES = (np.ndarray, np.generic, numbers.Number)
-ROOT_NAME = "params"
 
 
 def _is_leaf(obj: object) -> bool:
@@ -36,47 +36,12 @@ def is_numpy_tree(obj: object) -> bool:
     return False
 
 
-Path = tuple[Any, ...]
-
-
-def _walk(obj: Any, path: Path) -> Iterator[tuple[Path, Any]]:
-    """Yield ``(path, leaf)`` in a fixed order: dict insertion order, then list positions.
-
-    A path holds the raw dict keys and list positions, so that keys which print alike
-    (``1`` and ``"1"``) stay apart; :func:`_name` makes the printable name.
-    """
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _walk(value, (*path, key))
-    elif isinstance(obj, list | tuple):
-        for position, value in enumerate(obj):
-            yield from _walk(value, (*path, position))
-    else:
-        yield path, obj
-
-
-def _name(path: Path) -> str:
-    return ".".join(str(part) for part in path) if path else ROOT_NAME
-
-
-def _rebuild(template: Any, leaves: Iterator[Any]) -> Any:
-    """The container structure of ``template`` with its leaves replaced, in walk order."""
-    if isinstance(template, dict):
-        return type(template)((key, _rebuild(value, leaves)) for key, value in template.items())
-    if isinstance(template, list):
-        return [_rebuild(value, leaves) for value in template]
-    if isinstance(template, tuple):
-        items = [_rebuild(value, leaves) for value in template]
-        return type(template)(*items) if hasattr(template, "_fields") else tuple(items)
-    return next(leaves)
-
-
 class _Leaf:
     """One parameter tensor: the array the loss sees, and how to present it."""
 
     def __init__(self, path: Path, value: Any) -> None:
         self.path = path
-        self.name = _name(path)
+        self.name = path_name(path)
         name = self.name
         self.scalar_type: type | None = None
         if isinstance(value, bool | np.bool_):
@@ -156,7 +121,7 @@ class NumpyView(FlatView):
 
     def __init__(self, params: Any, loss: Callable[..., Any], grad: Any) -> None:
         self._template = params
-        walked = list(_walk(params, ()))
+        walked = list(walk(params, ()))
         leaves = [_Leaf(path, value) for path, value in walked]
         self._leaves = [leaf for leaf in leaves if leaf.array.size > 0]
         if not self._leaves:
@@ -198,7 +163,7 @@ class NumpyView(FlatView):
         if not self._rebuilds:
             return self._template
         values = (value if leaf is None else leaf.present() for leaf, value in self._slots)
-        return _rebuild(self._template, values)
+        return rebuild(self._template, values)
 
     def _call(self, function: Callable[..., Any], kind: str) -> Any:
         # Every evaluation sees the same global random stream (dropout written with
@@ -284,7 +249,7 @@ def _flatten_gradient(template: Any, grad: Any, leaves: dict[Path, _Leaf], size:
     """Check that ``grad`` mirrors ``template`` and flatten it in layout order."""
     flat = np.empty(size, dtype=np.float64)
     offset = 0
-    for path, leaf_grad in _walk_like(template, grad, ()):
+    for path, leaf_grad in walk_like(template, grad, ()):
         leaf = leaves.get(path)
         if leaf is None:  # an empty parameter: nothing to check
             continue
@@ -318,44 +283,6 @@ def _flatten_gradient(template: Any, grad: Any, leaves: dict[Path, _Leaf], size:
         flat[offset : offset + value.size] = value.reshape(-1)
         offset += value.size
     return flat
-
-
-def _walk_like(template: Any, grad: Any, path: Path) -> Iterator[tuple[Path, Any]]:
-    """Walk ``grad`` along the structure of ``template``, naming any mismatch."""
-    where = _name(path)
-    if isinstance(template, dict):
-        if not isinstance(grad, dict):
-            raise GradientError(
-                f"the gradient for {where!r} is a {type(grad).__name__}, but params there is "
-                "a dict: grad must mirror the structure of params"
-            )
-        missing = [str(k) for k in template if k not in grad]
-        extra = [str(k) for k in grad if k not in template]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if extra:
-                parts.append(f"unexpected keys {extra}")
-            raise GradientError(
-                f"the gradient dict at {where!r} has " + " and ".join(parts) + "; it must have "
-                "the same keys as params (a common slip: 'dW1' instead of 'W1')"
-            )
-        for key, value in template.items():
-            yield from _walk_like(value, grad[key], (*path, key))
-    elif isinstance(template, list | tuple):
-        if not isinstance(grad, list | tuple) or len(grad) != len(template):
-            kind = f"a {type(grad).__name__}"
-            if isinstance(grad, list | tuple):
-                kind += f" of length {len(grad)}"
-            raise GradientError(
-                f"the gradient for {where!r} is {kind}, but params there is a "
-                f"{type(template).__name__} of length {len(template)}"
-            )
-        for position, (value, g) in enumerate(zip(template, grad, strict=True)):
-            yield from _walk_like(value, g, (*path, position))
-    else:
-        yield path, grad
 
 
 class NumpyAdapter(Adapter):

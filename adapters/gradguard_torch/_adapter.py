@@ -35,7 +35,7 @@ import copy
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,14 +45,13 @@ import torch
 from gradguard.adapter import Adapter, FlatView, IndexArray, scalar_loss_value
 from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, LossError
 from gradguard.layout import Layout
+from gradguard.tree import Path, path_name, walk, walk_like
 from gradguard_torch._precision import LOW_PRECISION, Float64Mode, cast_inputs
 from gradguard_torch._tf32 import Tf32Switch
 
 __all__ = ["TorchAdapter", "TorchView", "unwrap_module"]
 
 FloatArray = npt.NDArray[np.float64]
-Path = tuple[Any, ...]
-ROOT_NAME = "params"
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {
     torch.float16: np.dtype(np.float16),
@@ -95,22 +94,6 @@ def unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
 
 
 # -- reading params --------------------------------------------------------------------------
-
-
-def _walk(obj: Any, path: Path) -> Iterator[tuple[Path, Any]]:
-    """``(path, leaf)`` in dict insertion order, then list and tuple positions."""
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _walk(value, (*path, key))
-    elif isinstance(obj, list | tuple):
-        for position, value in enumerate(obj):
-            yield from _walk(value, (*path, position))
-    else:
-        yield path, obj
-
-
-def _name(path: Path) -> str:
-    return ".".join(str(part) for part in path) if path else ROOT_NAME
 
 
 def _describe(tensor: torch.Tensor) -> str:
@@ -218,8 +201,8 @@ def _tree_entries(params: Any) -> tuple[list[tuple[str, torch.Tensor]], dict[Pat
     index_of: dict[int, int] = {}
     positions: dict[Path, int] = {}
     names: set[str] = set()
-    for path, leaf in _walk(params, ()):
-        name = _name(path)
+    for path, leaf in walk(params, ()):
+        name = path_name(path)
         if isinstance(leaf, torch.nn.Module):
             raise InvalidParamsError(
                 f"params[{name!r}] is a module ({type(leaf).__name__}); pass the module itself, "
@@ -798,46 +781,11 @@ def _module_gradient_leaves(view: TorchView, grad: Any) -> list[tuple[str, Any]]
 
 def _tree_gradient_leaves(view: TorchView, grad: Any) -> list[tuple[str, Any]]:
     chosen: dict[int, tuple[str, Any]] = {}
-    for path, leaf in _walk_like(view._template, grad, ()):
+    for path, leaf in walk_like(view._template, grad, ()):
         position = view._positions.get(path)
         if position is not None and position not in chosen:
-            chosen[position] = (_name(path), leaf)
+            chosen[position] = (path_name(path), leaf)
     return [chosen[i] for i in range(len(view.layout))]
-
-
-def _walk_like(template: Any, grad: Any, path: Path) -> Iterator[tuple[Path, Any]]:
-    """Walk ``grad`` along ``template``'s structure, naming any mismatch."""
-    where = _name(path)
-    if isinstance(template, dict):
-        if not isinstance(grad, dict):
-            raise GradientError(
-                f"the gradient for {where!r} is a {type(grad).__name__}, but params there is "
-                "a dict: grad must mirror the structure of params"
-            )
-        missing = [str(k) for k in template if k not in grad]
-        extra = [str(k) for k in grad if k not in template]
-        if missing or extra:
-            parts = [f"missing keys {missing}"] if missing else []
-            parts += [f"unexpected keys {extra}"] if extra else []
-            raise GradientError(
-                f"the gradient dict at {where!r} has " + " and ".join(parts) + "; it must have "
-                "the same keys as params"
-            )
-        for key, value in template.items():
-            yield from _walk_like(value, grad[key], (*path, key))
-    elif isinstance(template, list | tuple):
-        if not isinstance(grad, list | tuple) or len(grad) != len(template):
-            kind = f"a {type(grad).__name__}"
-            if isinstance(grad, list | tuple):
-                kind += f" of length {len(grad)}"
-            raise GradientError(
-                f"the gradient for {where!r} is {kind}, but params there is a "
-                f"{type(template).__name__} of length {len(template)}"
-            )
-        for position, (value, g) in enumerate(zip(template, grad, strict=True)):
-            yield from _walk_like(value, g, (*path, position))
-    else:
-        yield path, grad
 
 
 class TorchAdapter(Adapter):
