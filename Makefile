@@ -33,7 +33,10 @@ demo: $(STAMP)
 	@echo "=== 3. PyTorch: a custom autograd Function with a subtle backward bug"
 	$(PY) examples/torch_custom_function.py --log $(DEMO_LOGS)/torch_custom_function.jsonl
 	@echo
-	@echo "=== 4. gradguard report over every log the demo wrote"
+	@echo "=== 4. Keras: a custom-gradient layer caught by GradCheckCallback during fit"
+	$(PY) examples/keras_callback.py --log $(DEMO_LOGS)/keras_callback.jsonl
+	@echo
+	@echo "=== 5. gradguard report over every log the demo wrote"
 	@$(VENV)/bin/gradguard report $(DEMO_LOGS)/*.jsonl --plot $(DEMO_LOGS)/gradcheck.png; \
 	  code=$$?; echo; \
 	  echo "gradguard report exited with $$code: 1 means a check failed, as expected here (the buggy"; \
@@ -56,6 +59,7 @@ test: lint typecheck docs
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_guard.py
+	$(PY) benchmarks/bench_keras_callback.py
 	$(PY) benchmarks/measure_tolerances.py
 
 clean:

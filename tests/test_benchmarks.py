@@ -47,3 +47,12 @@ def test_tensorflow_benchmark_quick_run_reports_every_section() -> None:
     assert "## 1. Compiled vs eager" in out and "## 2. Copy-on-read" in out
     assert "## 3. Against tf.test.compute_gradient" in out
     assert "Variables bit-identical after every check: yes" in out
+
+
+def test_keras_callback_benchmark_quick_run_reports_every_section() -> None:
+    """bench_keras_callback.py --quick prints the fit-time, hook and check sections."""
+    out = _run(str(BENCHMARKS / "bench_keras_callback.py"), "--quick")
+    assert "## 1. Fit time after the callback switched itself off vs without it" in out
+    assert "| GradCheckCallback.on_train_batch_begin, switched off |" in out
+    assert "## 3. A check vs the compiled forward floor" in out
+    assert "Model variables bit-identical after every check: yes" in out

@@ -14,6 +14,7 @@ import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no t
 from gradguard.adapter import FlatView, IndexArray, scalar_loss_value
 from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, SettingsError
 from gradguard.layout import Layout
+from gradguard_tensorflow._distribute import require_no_strategy
 from gradguard_tensorflow._loss import ModelLoss
 from gradguard_tensorflow._params import Slot, collect, read_value, resource_of
 from gradguard_tensorflow._precision import Float64Unavailable, referenced
@@ -61,6 +62,7 @@ class TensorFlowView(FlatView):
     adapter = "tensorflow"
 
     def __init__(self, params: Any, loss: Callable[..., Any], grad: Any, precision: str) -> None:
+        require_no_strategy()
         self._target = params
         self._loss = loss
         self._grad = grad

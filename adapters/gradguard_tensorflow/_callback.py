@@ -1,0 +1,371 @@
+"""``GradCheckCallback``: gradient checks during ``model.fit``, every k steps, until they pass.
+
+The callback is a thin Keras front door over :class:`gradguard.Guard`: it holds the
+configuration, counts global training steps, and at each step the guard's
+:class:`~gradguard.guard.Schedule` says is due, asks the guard for a check of the compiled
+model's loss on a fixed probe batch (:func:`~gradguard_tensorflow.model_loss`). Everything
+else is the guard's: per-check seeds, coverage that grows over the run, ``max_checks`` and
+switching off (with its ``guard_disabled`` record), ``GRADGUARD_DISABLE``, the log records.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import keras  # type: ignore[import-untyped]  # Keras ships no type information
+import numpy as np
+import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no type information
+
+from gradguard.engine import Settings
+from gradguard.errors import GradGuardError, InvalidParamsError, LossError, SettingsError
+from gradguard.guard import ON_FAILURE, Guard, Schedule, disabled_by_environment
+from gradguard.report import CheckReport
+from gradguard_tensorflow._distribute import outside_strategy
+from gradguard_tensorflow._loss import ModelLoss, model_loss
+from gradguard_tensorflow._options import Precision, TFParams
+
+__all__ = ["GradCheckCallback"]
+
+# The Guard's choices, and Keras' graceful stop (as EarlyStopping and TerminateOnNaN do).
+_ON_FAILURE: tuple[str, ...] = (*ON_FAILURE, "stop")
+
+
+def _never_evaluated(params: Any) -> Any:
+    """The loss of a guard that ``GRADGUARD_DISABLE`` switched off before it could check."""
+    raise AssertionError("a guard disabled by GRADGUARD_DISABLE never evaluates its loss")
+
+
+def _shapes(value: Any) -> Any:
+    """The shapes in a (nested) batch, for error messages."""
+    if value is None:
+        return None
+    return tf.nest.map_structure(lambda t: tuple(np.shape(t)), value)
+
+
+class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    """Gradient checks during ``model.fit``: a probe batch every ``every`` steps, until they pass.
+
+    Example::
+
+        from gradguard_tensorflow import GradCheckCallback
+
+        cb = GradCheckCallback(probe=(x_probe, y_probe), every=100, max_checks=3,
+                               on_failure="warn", log_file="gradcheck.jsonl")
+        model.fit(x, y, callbacks=[cb])
+        print(cb.reports[-1])
+
+    Keras callbacks never see the training batches, so the checks use a fixed probe batch.
+    The loss checked is the one ``fit`` minimizes, ``model.compute_loss`` (the compiled
+    loss plus the regularization losses), and the gradient is TensorFlow's, exactly as
+    :func:`~gradguard_tensorflow.model_loss` defines them. A check at global step ``s`` runs
+    just before training step ``s`` (``on_train_batch_begin``, so the batches' logs are never
+    waited for) and checks the weights that step starts from; steps are counted over
+    epochs, from 0 in each ``fit``. After ``max_checks`` passing checks the callback switches
+    itself off: the rest of training pays one attribute test per step. A check changes no
+    weight, statistic, random state or optimizer state: training with the callback is
+    bit-identical to training without it.
+
+    Configuration is fixed here; the run-time state (step count, reports, coverage, run id)
+    is reset in ``on_train_begin``, so one instance can serve several ``fit`` calls.
+
+    Args:
+        probe: The batch to check on: ``(x, y)``, ``(x, y, sample_weight)`` or ``(x,)``
+            (arrays, tensors, or structures of them, as ``fit`` takes them), or a
+            ``tf.data.Dataset``, whose first batch is read once, in the first
+            ``on_train_begin``, and kept (reading it creates an iterator: if the same
+            dataset feeds ``fit`` and reshuffles each epoch, that moves its shuffling on,
+            so pass a separate dataset, or arrays, when runs must be bit-identical).
+        every: Check every this many training steps.
+        start: The first global step checked.
+        max_checks: Switch off after this many passing checks (``None``: never).
+        on_failure: What a failing check does: ``"raise"`` a
+            :class:`~gradguard.GradientCheckError` out of ``fit``; ``"warn"`` with a
+            :class:`~gradguard.GradientCheckWarning` holding the table and keep training;
+            ``"stop"``: warn, and set ``model.stop_training`` (``fit`` ends after the step
+            about to run); ``"log"``: only the log record. A check that cannot run always
+            raises its :class:`~gradguard.GradGuardError`.
+        log_file: Append every check's record, and a ``guard_disabled`` record when the
+            callback switches off, to this JSON-lines file (``source`` is ``"keras"``).
+        run_id: The id shared by the records of one ``fit`` (default: a fresh one per fit).
+        seed: Seed for the run's coordinate order and the checks' directions (default: a
+            fresh one per fit, recorded in each report).
+        training: The ``training`` flag of the checked forward passes. ``False`` (default):
+            Dropout is the identity and BatchNormalization uses its moving statistics.
+            ``True``: batch statistics, and one dropout mask, repeated for every evaluation
+            of a check (the layers' random state is replayed, never advanced).
+        precision: How the loss is evaluated: ``"auto"``, ``"float64"`` or ``"native"``, as
+            for :class:`~gradguard_tensorflow.TFParams`.
+        tensors_per_check: Check only this many variables per check, rotating over them.
+        eps: The step of each check, as for :func:`gradguard.check` (default: by dtype).
+        tolerance: The tolerance of each check (default: by dtype).
+        sample: Coordinates per check: an int, ``"all"``, or ``None`` for the default.
+        directions: Random directions per variable and check (default 2).
+        tensors: Check only the variables with these names (Keras paths).
+
+    Raises:
+        SettingsError: an option is out of range (here, not in ``fit``).
+    """
+
+    def __init__(
+        self,
+        probe: Any,
+        *,
+        every: int = 100,
+        start: int = 0,
+        max_checks: int | None = 3,
+        on_failure: Literal["raise", "warn", "stop", "log"] = "raise",
+        log_file: str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+        seed: int | None = None,
+        training: bool = False,
+        precision: Precision = "auto",
+        tensors_per_check: int | None = None,
+        eps: float | None = None,
+        tolerance: float | None = None,
+        sample: int | Literal["all"] | None = None,
+        directions: int | None = None,
+        tensors: list[str] | tuple[str, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        if on_failure not in _ON_FAILURE:
+            raise SettingsError(f"on_failure must be one of {_ON_FAILURE}, got {on_failure!r}")
+        if tensors_per_check is not None and (
+            isinstance(tensors_per_check, bool)
+            or not isinstance(tensors_per_check, int)
+            or tensors_per_check < 1
+        ):
+            raise SettingsError(
+                f"tensors_per_check must be None or an int >= 1, got {tensors_per_check!r}"
+            )
+        self.schedule = Schedule(every=every, start=start, max_checks=max_checks)
+        check_options: dict[str, Any] = {
+            "eps": eps,
+            "tolerance": tolerance,
+            "sample": sample,
+            "directions": directions,
+            "tensors": tensors,
+        }
+        Settings(**check_options, seed=seed)  # validated now, not in the first check
+        self.check_options = {k: v for k, v in check_options.items() if v is not None}
+        self.precision = TFParams(None, precision=precision).precision  # validated there
+        self.probe = probe
+        self.on_failure = on_failure
+        self.log_file = None if log_file is None else os.fspath(log_file)
+        self.run_id = run_id
+        self.seed = seed
+        self.training = bool(training)
+        self.tensors_per_check = tensors_per_check
+        self._first_batch: tuple[Any, Any, Any] | None = None
+        # The loss of the last fit, with its traced functions, and the compiled loss (of
+        # its model) that it was traced with.
+        self._loss: ModelLoss | None = None
+        self._loss_compiled: Any = None
+        self._guard: Guard | None = None
+        self._checking = False  # the guard is on: mirrors guard.active, read at every step
+        self._steps_per_epoch: int | None = None
+        self._per_execution = 1
+        self._epoch_start = 0
+        self._last_batch = -1
+        self._next = 0
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """Whether the callback still checks (it switches itself off after ``max_checks``)."""
+        if self._guard is None:
+            return not disabled_by_environment()
+        return self._guard.active
+
+    @property
+    def reports(self) -> tuple[CheckReport, ...]:
+        """The reports of the checks of the current (or last) ``fit``, oldest first."""
+        return () if self._guard is None else self._guard.reports
+
+    @property
+    def guard(self) -> Guard | None:
+        """The :class:`~gradguard.Guard` of the current (or last) ``fit``; ``None`` before."""
+        return self._guard
+
+    def disable(self) -> None:
+        """Switch the checks off for the rest of this ``fit``, with a ``guard_disabled``
+        record (reason ``"user"``); the next ``fit`` starts checking again."""
+        if self._guard is not None:
+            self._guard.disable("user", step=self._next)
+        self._checking = False
+
+    # -- Keras hooks -------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """Reset the run-time state and validate the model and the probe, before any step.
+
+        Raises:
+            GradGuardError: the model is not a compiled, built Keras model with trainable
+                variables, or the probe does not fit it (its message says what to fix).
+        """
+        self._guard = None
+        self._checking = False
+        self._epoch_start = 0
+        self._last_batch = -1
+        self._next = 0
+        params = self.params or {}
+        self._steps_per_epoch = params.get("steps")
+        model = self.model
+        per_execution = getattr(model, "steps_per_execution", 1)
+        self._per_execution = per_execution if isinstance(per_execution, int) else 1
+        loss = _never_evaluated if disabled_by_environment() else self._probe_loss(model)
+        self._guard = Guard(
+            loss,
+            TFParams(model, precision=self.precision),
+            None,
+            every=self.schedule.every,
+            start=self.schedule.start,
+            max_checks=self.schedule.max_checks,
+            on_failure="warn" if self.on_failure == "stop" else self.on_failure,
+            log_file=self.log_file,
+            run_id=self.run_id,
+            seed=self.seed,
+            tensors_per_check=self.tensors_per_check,
+            source="keras",
+            **self.check_options,
+        )
+        self._checking = self._guard.active
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Check the weights the coming step starts from, when the schedule says so."""
+        if not self._checking:  # switched off: the rest of training pays this test alone
+            return
+        guard = self._guard
+        assert guard is not None  # set with _checking, in on_train_begin
+        self._last_batch = batch
+        step = self._epoch_start + batch
+        # With steps_per_execution > 1, the steps since the last call ran in one execution:
+        # a step due among them is checked at this boundary, the first chance.
+        due = any(guard.schedule.due(s) for s in range(self._next, step + 1))
+        self._next = step + 1
+        if not due:
+            return
+        if guard.active:  # not switched off through the guard, cb.guard.disable()
+            report = outside_strategy(lambda: guard.check(step))
+            if not report.passed and self.on_failure == "stop":
+                self.model.stop_training = True
+        self._checking = guard.active
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Carry the global step count over to the next epoch (Keras restarts ``batch``)."""
+        if not self._checking:
+            return
+        if self._steps_per_epoch is not None:
+            self._epoch_start += self._steps_per_epoch
+        else:  # a dataset of unknown length: its last execution may have been shorter
+            self._epoch_start += self._last_batch + self._per_execution
+        self._next = self._epoch_start
+        self._last_batch = -1
+
+    # -- the probe ---------------------------------------------------------------------------
+
+    def _probe_batch(self) -> tuple[Any, Any, Any]:
+        """``(x, y, sample_weight)`` from the probe; a dataset gives its first batch."""
+        probe = self.probe
+        if isinstance(probe, tf.data.Dataset):
+            if self._first_batch is not None:
+                return self._first_batch
+            try:
+                element = next(iter(probe))
+            except StopIteration:
+                raise SettingsError(
+                    "the probe dataset is empty: pass a tf.data.Dataset with at least one "
+                    "batch, or arrays (x_probe, y_probe)"
+                ) from None
+            if not isinstance(element, tuple | list):
+                element = (element,)
+            probe = element
+        if not isinstance(probe, tuple | list) or not 1 <= len(probe) <= 3:
+            raise SettingsError(
+                f"probe must be (x, y), (x, y, sample_weight), (x,) or a tf.data.Dataset of "
+                f"such batches, got {type(probe).__name__}"
+                + (f" of length {len(probe)}" if isinstance(probe, tuple | list) else "")
+                + "; Keras callbacks never see the training batches, so the checks need one"
+            )
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(probe))
+        if isinstance(self.probe, tf.data.Dataset):
+            # Kept: each new iterator of a dataset that reshuffles advances its shuffle seed.
+            self._first_batch = (x, y, sample_weight)
+        return x, y, sample_weight
+
+    def _probe_loss(self, model: Any) -> ModelLoss:
+        """The loss to check, validated on the probe now rather than at the first check.
+
+        Raises:
+            InvalidParamsError: not a built Keras model, or no trainable variable.
+            LossError: the model is not compiled (with a loss), or the probe's loss is not finite.
+            SettingsError: the probe is malformed or does not fit the model.
+        """
+        if not isinstance(model, keras.Model):
+            raise InvalidParamsError(
+                f"GradCheckCallback needs a keras.Model, got {type(model).__qualname__}"
+            )
+        name = model.name
+        if not getattr(model, "compiled", False):
+            raise LossError(
+                f"model {name!r} is not compiled: compile it with a loss "
+                "(model.compile(optimizer, loss=...)) before fitting it with GradCheckCallback"
+            )
+        if not model.built:
+            raise InvalidParamsError(
+                f"model {name!r} is not built, so it has no variables to check yet: build it "
+                "(call it once on a batch, or give it a keras.Input) before training"
+            )
+        if not model.trainable_variables:
+            raise InvalidParamsError(
+                f"model {name!r} has no trainable variables (all its layers are frozen, or it "
+                "holds no weights): there is no gradient to check; unfreeze some layers, or "
+                "leave GradCheckCallback out"
+            )
+        # Another fit of the same model, compiled the same way, reuses the loss and the
+        # functions its checks traced (tracing a model costs more than a check).
+        compiled = getattr(model, "_compile_loss", None)  # a new object at each compile
+        loss = self._loss
+        if loss is None or loss.model is not model or self._loss_compiled is not compiled:
+            self._loss = None
+            x, y, sample_weight = self._probe_batch()
+            loss = model_loss(model, x, y, sample_weight, training=self.training)
+            self._loss, self._loss_compiled = loss, compiled
+        x, y = loss.x, loss.y
+        try:
+            value = outside_strategy(lambda: _evaluate_once(loss))
+        except GradGuardError:
+            raise
+        except Exception as exc:
+            raise SettingsError(
+                f"the probe batch does not fit model {name!r}, or its loss cannot be computed "
+                f"on it (x shapes {_shapes(x)}, y shapes {_shapes(y)}): {_one_line(exc)}; pass "
+                "a probe shaped like a training batch"
+            ) from exc
+        if not np.isfinite(value):
+            raise LossError(
+                f"the loss of model {name!r} on the probe batch is {value}, not finite: check "
+                "the probe's values and the model's weights before training"
+            )
+        return loss
+
+
+def _evaluate_once(loss: ModelLoss) -> float:
+    """The loss on the probe, computed once, eagerly, with nothing written.
+
+    The model's variables are read through a ``StatelessScope`` that maps each to its
+    current value, so every write the forward pass makes (BatchNormalization statistics,
+    seed generators, loss trackers) lands in the scope and is dropped, and a
+    ``tf.custom_gradient`` sees tensors, as in a traced training step, not variables.
+    """
+    variables = [v for v in loss.model.variables if isinstance(v, keras.Variable)]
+    mapping = [(v, tf.convert_to_tensor(v.value)) for v in variables]
+    with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+        value = loss()
+    return float(np.asarray(value))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 400 else text[:397] + "..."
