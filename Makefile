@@ -34,7 +34,9 @@ demo: $(STAMP)
 	$(PY) examples/torch_custom_function.py --log $(DEMO_LOGS)/torch_custom_function.jsonl
 	@echo
 	@echo "=== 4. Keras: a custom-gradient layer caught by GradCheckCallback during fit"
-	$(PY) examples/keras_callback.py --log $(DEMO_LOGS)/keras_callback.jsonl
+	@# TensorFlow's C++ start-up chatter (absl, CUDA probes) goes to a file; shown on failure.
+	@$(PY) examples/keras_callback.py --log $(DEMO_LOGS)/keras_callback.jsonl \
+	  2> $(DEMO_LOGS)/keras_callback.stderr || { cat $(DEMO_LOGS)/keras_callback.stderr; exit 1; }
 	@echo
 	@echo "=== 5. gradguard report over every log the demo wrote"
 	@$(VENV)/bin/gradguard report $(DEMO_LOGS)/*.jsonl --plot $(DEMO_LOGS)/gradcheck.png; \
