@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -14,10 +13,10 @@ import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no t
 
 from gradguard.errors import InvalidParamsError
 from gradguard.numerics import SUPPORTED_DTYPES
+from gradguard.tree import path_name, walk
 
 __all__ = ["Collected", "Slot", "collect", "read_value"]
 
-ROOT_NAME = "params"
 _SUFFIX = re.compile(r":\d+$")
 
 
@@ -119,21 +118,6 @@ def _describe(container: Any) -> str:
     return f"{kind} {name!r}" if name else kind
 
 
-def _walk(obj: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], Any]]:
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _walk(value, (*path, key))
-    elif isinstance(obj, list | tuple):
-        for position, value in enumerate(obj):
-            yield from _walk(value, (*path, position))
-    else:
-        yield path, obj
-
-
-def _path_name(path: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in path) if path else ROOT_NAME
-
-
 def collect(params: Any) -> Collected:
     """The tensors to check in ``params``, validated.
 
@@ -145,10 +129,10 @@ def collect(params: Any) -> Collected:
     state: list[Any] = []
     layers: list[Any] = []
     containers: list[Any] = []
-    for path, leaf in _walk(params, ()):
+    for path, leaf in walk(params):
         if isinstance(leaf, tf.Variable) or _is_keras_variable(leaf):
             keyed = path and any(not isinstance(part, int) for part in path)
-            entries.append((_path_name(path) if keyed else None, leaf))
+            entries.append((path_name(path) if keyed else None, leaf))
         elif isinstance(leaf, keras.Layer | tf.Module):
             trainable, others, found = _trainables(leaf)
             if not trainable:
@@ -163,13 +147,13 @@ def collect(params: Any) -> Collected:
             containers.append(leaf)
         elif isinstance(leaf, tf.Tensor):
             raise InvalidParamsError(
-                f"{_path_name(path)!r} is a tf.Tensor of shape {tuple(leaf.shape)}, which "
+                f"{path_name(path)!r} is a tf.Tensor of shape {tuple(leaf.shape)}, which "
                 "cannot be perturbed: gradients are checked with respect to variables; wrap "
                 "it, tf.Variable(tensor), and have the loss read the variable"
             )
         else:
             raise InvalidParamsError(
-                f"{_path_name(path)!r} is a {type(leaf).__module__}.{type(leaf).__qualname__}; "
+                f"{path_name(path)!r} is a {type(leaf).__module__}.{type(leaf).__qualname__}; "
                 "the TensorFlow adapter checks tf.Variable and keras.Variable objects, "
                 "keras models and layers, and tf.Module objects (and dicts, lists and tuples "
                 "of them): leave it out of params or make it a variable"

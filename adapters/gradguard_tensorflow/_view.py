@@ -14,6 +14,7 @@ import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no t
 from gradguard.adapter import FlatView, IndexArray, scalar_loss_value
 from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, SettingsError
 from gradguard.layout import Layout
+from gradguard.tree import walk
 from gradguard_tensorflow._distribute import require_no_strategy
 from gradguard_tensorflow._loss import ModelLoss
 from gradguard_tensorflow._params import Slot, collect, read_value, resource_of
@@ -369,7 +370,7 @@ class TensorFlowView(FlatView):
 
     def _align(self, value: Any) -> list[Any]:
         names = [s.name for s in self._slots]
-        leaves = list(_leaves(value, ()))
+        leaves = list(walk(value))
         if isinstance(value, dict):
             by_name = {".".join(str(p) for p in path): leaf for path, leaf in leaves}
             if set(by_name) == set(names):
@@ -455,14 +456,3 @@ def _covers(index: npt.NDArray[Any], positions: npt.NDArray[Any]) -> bool:
     if index.size == 1 and positions.size == 1:
         return bool(index.reshape(-1)[0] == positions.reshape(-1)[0])
     return bool(np.isin(positions, index).all())
-
-
-def _leaves(obj: Any, path: tuple[Any, ...]) -> Any:
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _leaves(value, (*path, key))
-    elif isinstance(obj, list | tuple):
-        for position, value in enumerate(obj):
-            yield from _leaves(value, (*path, position))
-    else:
-        yield path, obj
