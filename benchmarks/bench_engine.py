@@ -50,7 +50,6 @@ import importlib.util
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -65,6 +64,7 @@ for _variable in _BLAS_THREAD_VARIABLES:
 
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
+from _common import Stopwatch, median, ms, timed  # noqa: E402
 
 import gradguard as gg  # noqa: E402
 from gradguard.engine import DEFAULT_COORDINATES  # noqa: E402
@@ -78,21 +78,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- timing helpers ------------------------------------------------------------------------
-
-
-def timed(function: Callable[[], Any]) -> tuple[float, Any]:
-    """Wall time of one call, and its result."""
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.1f}"
 
 
 # -- 1. engine overhead on a 1M-parameter MLP -----------------------------------------------
@@ -132,21 +117,6 @@ class Mlp:
             "W2": hidden.T @ d_out,
             "b2": d_out.sum(axis=0),
         }
-
-
-class Stopwatch:
-    """Wraps a callable and adds up the wall time spent inside it."""
-
-    def __init__(self, function: Callable[[Params], Any]) -> None:
-        self.function = function
-        self.elapsed = 0.0
-
-    def __call__(self, p: Params) -> Any:
-        start = time.perf_counter()
-        try:
-            return self.function(p)
-        finally:
-            self.elapsed += time.perf_counter() - start
 
 
 def raw_floor(

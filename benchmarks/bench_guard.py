@@ -16,17 +16,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
-import timeit
 
 import numpy as np
+from _common import per_call_ns
 
 import gradguard as gg
-
-
-def per_call_ns(function: object, number: int, repeat: int) -> float:
-    times = timeit.repeat(function, number=number, repeat=repeat)  # type: ignore[arg-type]
-    return statistics.median(times) / number * 1e9
 
 
 def main() -> None:

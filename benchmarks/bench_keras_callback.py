@@ -33,7 +33,6 @@ import os
 import platform
 import statistics
 import time
-import timeit
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -41,6 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
+from _common import per_call_ns
 from bench_tensorflow import compiled_floor, median, ms, timed
 
 import gradguard as gg
@@ -158,10 +158,6 @@ def fit_section(rounds: int, epochs: int) -> tuple[list[str], float]:
 
 
 # -- 2. the hook --------------------------------------------------------------------------------
-
-
-def per_call_ns(function: Any, number: int, repeat: int) -> float:
-    return statistics.median(timeit.repeat(function, number=number, repeat=repeat)) / number * 1e9
 
 
 def hook_section(step_s: float, number: int, repeat: int) -> list[str]:

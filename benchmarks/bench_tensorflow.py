@@ -40,7 +40,6 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -52,6 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
+from _common import median, ms, timed
 
 import gradguard as gg
 from gradguard_tensorflow import TFParams, model_loss
@@ -61,20 +61,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def timed(function: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.1f}"
 
 
 # -- 1. compiled vs eager vs floor ---------------------------------------------------------------

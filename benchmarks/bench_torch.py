@@ -51,6 +51,7 @@ for _variable in _THREAD_VARIABLES:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _common import Stopwatch, median, ms, timed  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.autograd import gradcheck  # noqa: E402
 from torch.func import functional_call, vmap  # noqa: E402
@@ -70,37 +71,6 @@ Tensor = torch.Tensor
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def timed(function: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.1f}"
-
-
-class Stopwatch:
-    """Wraps a callable and adds up the wall time spent inside it."""
-
-    def __init__(self, function: Callable[..., Any]) -> None:
-        self.function = function
-        self.elapsed = 0.0
-        self.calls = 0
-
-    def __call__(self, *args: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return self.function(*args)
-        finally:
-            self.elapsed += time.perf_counter() - start
-            self.calls += 1
 
 
 class ScaledLinear(torch.autograd.Function):
