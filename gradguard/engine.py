@@ -45,7 +45,7 @@ from gradguard.numerics import (
     unit_roundoff,
 )
 from gradguard.report import CheckReport, ParamReport, Status
-from gradguard.sampling import allocate, rademacher_direction, sample_coordinates
+from gradguard.sampling import allocate, rademacher_signs, sample_coordinates
 
 __all__ = ["DEFAULT_COORDINATES", "DEFAULT_DIRECTIONS", "Settings", "run_check"]
 
@@ -208,7 +208,8 @@ class _Run:
         self.rms: list[float] = []
         self._buffers: dict[int, tuple[FloatArray, FloatArray]] = {}
         self.grad: FloatArray = np.empty(0)
-        self.directions: list[list[FloatArray]] = []
+        # Per tensor, its directions as int8 signs; the unit vector is signs / sqrt(size).
+        self.directions: list[list[npt.NDArray[np.int8]]] = []
         self.probes = _Probes()
         self.relative_step = settings.eps is None
         self.u = 0.0
@@ -264,13 +265,20 @@ class _Run:
             roundoff=self.noise(j_plus, j_minus) / (d_plus + d_minus),
         )
 
-    def direction(self, s: int, v: FloatArray, scale: float = 1.0) -> _Difference:
-        """Central difference along a unit vector over one tensor (zeros allowed)."""
+    def direction(
+        self, s: int, v: npt.NDArray[np.int8] | FloatArray, scale: float = 1.0
+    ) -> _Difference:
+        """Central difference along a direction over one tensor.
+
+        ``v`` is either int8 signs (the unit vector ``v / sqrt(size)``) or a float unit vector
+        (zeros allowed: bisection restricts a direction to part of the tensor).
+        """
         x = self.originals[s]
         step = self.h * scale * (max(1.0, self.rms[s]) if self.relative_step else 1.0)
+        unit = 1.0 / math.sqrt(v.size) if v.dtype == np.int8 else 1.0
         # Two reusable buffers per tensor: no fresh multi-megabyte temporaries per probe.
         up, down = self.buffers(s)
-        np.multiply(v, step, out=down)
+        np.multiply(v, step * unit, out=down)
         np.add(x, down, out=up)
         plus = self.view.write(s, None, up)
         j_plus = self.loss(s, None, step)
@@ -282,7 +290,7 @@ class _Run:
         if plus is up and minus is down and self.layout[s].dtype == np.float64:
             # Stored as computed: x +- step*v differ from step*v by float64 rounding only,
             # ~1e-16 |x| per element, averaging out; g . v is then exact to ~1e-10 relative.
-            analytic = float(np.dot(g, v))
+            analytic = float(np.dot(g, v)) * unit
         else:
             # The analytic change along the steps actually stored (rounded to the tensor's
             # dtype), from their difference: dot(g, plus) - dot(g, minus) would cancel.
@@ -405,7 +413,7 @@ def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = No
     n_directions = settings.resolved_directions
     # A tensor whose every element is a coordinate probe gains nothing from directions.
     run.directions = [
-        [rademacher_direction(segment.size, run.rng) for _ in range(n_directions)]
+        [rademacher_signs(segment.size, run.rng) for _ in range(n_directions)]
         if s in picks and len(picks[s]) < segment.size
         else []
         for s, segment in enumerate(layout)
@@ -635,7 +643,9 @@ def _finish(
         direction_rows = np.flatnonzero(is_direction)
         if not coordinate_fails and direction_rows.size:
             j = int(direction_rows[np.argmax(gap[direction_rows] - allowed[direction_rows])])
-            found = _bisect(run, s, run.directions[s][p.local[members[j]]], scale)
+            signs = run.directions[s][p.local[members[j]]]
+            unit = signs.astype(np.float64) / math.sqrt(signs.size)
+            found = _bisect(run, s, unit, scale)
             if found is not None:
                 worst = found
                 localized = True

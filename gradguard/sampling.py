@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["allocate", "rademacher_direction", "sample_coordinates"]
+__all__ = ["allocate", "rademacher_direction", "rademacher_signs", "sample_coordinates"]
 
 
 def allocate(sizes: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
@@ -73,15 +73,21 @@ def sample_coordinates(
     return picks
 
 
-def rademacher_direction(size: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
-    """A random unit vector with entries ``+-1/sqrt(size)``.
+def rademacher_signs(size: int, rng: np.random.Generator) -> npt.NDArray[np.int8]:
+    """Random signs, +1 or -1 as int8: a Rademacher direction before scaling by 1/sqrt(size).
 
     Every element takes part with the same weight, so an error in any single element changes
-    the directional derivative by a known amount, and drawing signs from random bits is
-    several times cheaper than Gaussian samples on million-element tensors.
+    the directional derivative by a known amount. Signs from random bits, kept as int8, cost an
+    eighth of the memory traffic of float64 directions on million-element tensors.
     """
-    bits = np.unpackbits(np.frombuffer(rng.bytes((size + 7) // 8), dtype=np.uint8))[:size]
-    direction = bits.astype(np.float64)
-    direction *= 2.0 / np.sqrt(size)
-    direction -= 1.0 / np.sqrt(size)
-    return direction
+    bits = np.unpackbits(np.frombuffer(rng.bytes((size + 7) // 8), dtype=np.uint8), count=size)
+    signs = bits.view(np.int8)
+    signs *= 2
+    signs -= 1
+    return signs
+
+
+def rademacher_direction(size: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+    """A random unit vector with entries ``+-1/sqrt(size)`` (:func:`rademacher_signs`, scaled)."""
+    unit: npt.NDArray[np.float64] = rademacher_signs(size, rng) * (1.0 / np.sqrt(size))
+    return unit
