@@ -7,36 +7,21 @@ import json
 import math
 import pathlib
 import types
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest
+from toy import Params, grad, loss
 
 import gradguard as gg
 from gradguard import analysis, records
 from gradguard.guard import DISABLE_ENV
 from gradguard.records import SCHEMA_VERSION
 
-X = np.random.default_rng(0).normal(size=(8, 3))
-Y = np.random.default_rng(1).normal(size=(8, 2))
-
-Params = dict[str, Any]
-
 
 def make_params() -> Params:
     rng = np.random.default_rng(2)
     return {"W": rng.normal(size=(3, 2)), "b": np.zeros(2)}
-
-
-def loss(p: Params) -> float:
-    r = X @ p["W"] + p["b"] - Y
-    return 0.5 * float(np.sum(r * r))
-
-
-def grad(p: Params) -> Params:
-    r = X @ p["W"] + p["b"] - Y
-    return {"W": X.T @ r, "b": r.sum(axis=0)}
 
 
 def grad_wrong_once_b_grows(p: Params) -> Params:
@@ -45,13 +30,6 @@ def grad_wrong_once_b_grows(p: Params) -> Params:
     if float(np.mean(p["b"])) > 0.75:
         g["b"] = 2.0 * g["b"]
     return g
-
-
-@pytest.fixture(autouse=True)
-def no_disable_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Guards in these tests run unless a test sets GRADGUARD_DISABLE itself."""
-    monkeypatch.delenv(DISABLE_ENV, raising=False)
-    yield
 
 
 def passing_log(path: pathlib.Path, checks: int = 2) -> pathlib.Path:

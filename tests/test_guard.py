@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -36,13 +35,6 @@ class Model:
 
     def guard(self, **options: object) -> gg.Guard:
         return gg.Guard(self.loss, self.params, self.grad, **options)  # type: ignore[arg-type]
-
-
-@pytest.fixture(autouse=True)
-def no_disable_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tests start with the guard enabled, whatever the calling shell has set."""
-    monkeypatch.delenv(DISABLE_ENV, raising=False)
-    yield
 
 
 def _checked_steps(guard: gg.Guard, steps: int) -> list[int]:

@@ -38,13 +38,6 @@ X = RNG.standard_normal((32, 5)).astype(np.float32)
 Y = RNG.standard_normal((32, 2)).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def no_disable_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tests start with checks enabled, whatever the calling shell has set."""
-    monkeypatch.delenv(DISABLE_ENV, raising=False)
-    yield
-
-
 def mlp(name: str = "mlp") -> keras.Model:
     """A fresh, compiled 5 -> 6 (tanh) -> 2 regression MLP with fixed weights."""
     keras.utils.set_random_seed(7)

@@ -7,20 +7,14 @@ import pathlib
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from toy import Params, grad, grad_with_doubled_b, loss
 
 import gradguard as gg
 from gradguard import cli
-from gradguard.guard import DISABLE_ENV
-
-X = np.random.default_rng(0).normal(size=(8, 3))
-Y = np.random.default_rng(1).normal(size=(8, 2))
-
-Params = dict[str, Any]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -28,28 +22,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def make_params() -> Params:
     rng = np.random.default_rng(2)
     return {"W": rng.normal(size=(3, 2)), "b": rng.normal(size=2)}
-
-
-def loss(p: Params) -> float:
-    r = X @ p["W"] + p["b"] - Y
-    return 0.5 * float(np.sum(r * r))
-
-
-def grad(p: Params) -> Params:
-    r = X @ p["W"] + p["b"] - Y
-    return {"W": X.T @ r, "b": r.sum(axis=0)}
-
-
-def grad_with_doubled_b(p: Params) -> Params:
-    g = grad(p)
-    return {"W": g["W"], "b": 2.0 * g["b"]}
-
-
-@pytest.fixture(autouse=True)
-def no_disable_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Guards in these tests run whatever the environment of the test session says."""
-    monkeypatch.delenv(DISABLE_ENV, raising=False)
-    yield
 
 
 @pytest.fixture(scope="module")
