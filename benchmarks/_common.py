@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import statistics
 import time
 import timeit
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Stopwatch", "median", "ms", "per_call_ns", "timed"]
+__all__ = ["Stopwatch", "median", "ms", "per_call_ns", "tensorflow_header", "timed"]
 
 
 def timed(function: Callable[[], Any]) -> tuple[float, Any]:
@@ -48,3 +51,26 @@ class Stopwatch:
         finally:
             self.elapsed += time.perf_counter() - start
             self.calls += 1
+
+
+def tensorflow_header(title: str, quick: bool, threads_note: str = "") -> list[str]:
+    """The Markdown header of a TensorFlow benchmark: date, versions, CPU and GPUs."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import gradguard as gg
+
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    gpus = tf.config.list_physical_devices("GPU")
+    return [
+        f"# {title}"
+        + (" (--quick: a smoke test, few repetitions; not a measurement)" if quick else ""),
+        "",
+        f"- date: {now}",
+        f"- Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras "
+        f"{keras.__version__}, NumPy {np.__version__}, gradguard {gg.__version__}",
+        f"- CPU: {platform.machine()}, {os.cpu_count()} logical CPUs; GPUs visible to "
+        f"TensorFlow: {len(gpus)}{threads_note}",
+        "",
+    ]

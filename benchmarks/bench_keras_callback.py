@@ -28,9 +28,7 @@ Run ``python benchmarks/bench_keras_callback.py`` (about 25 s on 2 cores) or wit
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import time
 from typing import Any
@@ -39,11 +37,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-import tensorflow as tf
-from _common import per_call_ns
+from _common import (
+    per_call_ns,
+    tensorflow_header,
+)
 from bench_tensorflow import compiled_floor, median, ms, timed
 
-import gradguard as gg
 from gradguard_tensorflow import GradCheckCallback, model_loss
 
 BATCH = 128
@@ -258,19 +257,7 @@ def check_section(reps: int) -> list[str]:
 
 
 def header(quick: bool) -> list[str]:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    gpus = tf.config.list_physical_devices("GPU")
-    return [
-        "# GradCheckCallback benchmark"
-        + (" (--quick: a smoke test, few repetitions; not a measurement)" if quick else ""),
-        "",
-        f"- date: {now}",
-        f"- Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras "
-        f"{keras.__version__}, NumPy {np.__version__}, gradguard {gg.__version__}",
-        f"- CPU: {platform.machine()}, {os.cpu_count()} logical CPUs; GPUs visible to "
-        f"TensorFlow: {len(gpus)}",
-        "",
-    ]
+    return tensorflow_header("GradCheckCallback benchmark", quick)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,9 +37,7 @@ Run ``python benchmarks/bench_tensorflow.py`` (a few minutes on 2 cores) or with
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -51,7 +49,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
-from _common import median, ms, timed
+from _common import (
+    median,
+    ms,
+    tensorflow_header,
+    timed,
+)
 
 import gradguard as gg
 from gradguard_tensorflow import TFParams, model_loss
@@ -530,19 +533,9 @@ def numerics_section(inits: int, seeds: int) -> list[str]:
 
 
 def header(quick: bool) -> list[str]:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    gpus = tf.config.list_physical_devices("GPU")
-    return [
-        "# gradguard TensorFlow adapter benchmark"
-        + (" (--quick: a smoke test, few repetitions; not a measurement)" if quick else ""),
-        "",
-        f"- date: {now}",
-        f"- Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras "
-        f"{keras.__version__}, NumPy {np.__version__}, gradguard {gg.__version__}",
-        f"- CPU: {platform.machine()}, {os.cpu_count()} logical CPUs; GPUs visible to "
-        f"TensorFlow: {len(gpus)}; TensorFlow's default thread pools",
-        "",
-    ]
+    return tensorflow_header(
+        "gradguard TensorFlow adapter benchmark", quick, "; TensorFlow's default thread pools"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
