@@ -57,8 +57,8 @@ from torch.autograd import gradcheck  # noqa: E402
 from torch.func import functional_call, vmap  # noqa: E402
 
 import gradguard as gg  # noqa: E402
-from gradguard.adapter import FlatView  # noqa: E402
 from gradguard.engine import Settings, run_check  # noqa: E402
+from gradguard.kit.contract import FlatView  # noqa: E402
 from gradguard_torch._adapter import TorchAdapter  # noqa: E402
 from gradguard_torch._precision import Float64Mode, cast_inputs  # noqa: E402
 

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
 import gradguard as gg
-import gradguard.numerics
+from gradguard.engine.numerics import default_tolerance
 from zoo import numpy_models
 
 CANDIDATES = {"float64": (1e-6, 1e-7, 1e-8), "float32": (3e-2, 1e-2, 3e-3, 1e-3)}
@@ -65,7 +65,7 @@ def main() -> None:
     print("| dtype | tolerance | checks | false alarms | missed tensors | extra | evaluations |")
     print("|---|---|---|---|---|---|---|")
     for dtype, tolerances in CANDIDATES.items():
-        default = gg.numerics.default_tolerance(dtype)
+        default = default_tolerance(dtype)
         for tol in tolerances:
             n, fa, miss, extra, evals = sweep(dtype, tol, args.seeds)
             mark = " (default)" if tol == default else ""

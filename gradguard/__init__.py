@@ -9,25 +9,28 @@ Importing gradguard imports no ML framework; framework adapters arrive as plugin
 
 from __future__ import annotations
 
-from gradguard.adapter import Adapter, FlatView
 from gradguard.api import check, find_adapter
 from gradguard.context import CheckContext
 from gradguard.engine import Settings
+from gradguard.engine.layout import Layout, Segment
 from gradguard.errors import (
     AdapterNotFoundError,
     GradGuardError,
+    GradGuardLogWarning,
     GradientCheckError,
     GradientCheckWarning,
     GradientError,
     InvalidParamsError,
+    LogError,
     LossError,
+    MissingDependencyError,
     PluginLoadError,
     SettingsError,
 )
 from gradguard.guard import Guard
-from gradguard.layout import Layout, Segment
+from gradguard.kit.contract import Adapter, FlatView
 from gradguard.plugins import get_plugin_manager, hookimpl, register, unregister
-from gradguard.report import CheckReport, ParamReport, Status
+from gradguard.results import CheckReport, ParamReport, Status
 
 __version__ = "0.1.0"
 
@@ -38,13 +41,16 @@ __all__ = [
     "CheckReport",
     "FlatView",
     "GradGuardError",
+    "GradGuardLogWarning",
     "GradientCheckError",
     "GradientCheckWarning",
     "GradientError",
     "Guard",
     "InvalidParamsError",
     "Layout",
+    "LogError",
     "LossError",
+    "MissingDependencyError",
     "ParamReport",
     "PluginLoadError",
     "Segment",

@@ -6,13 +6,13 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
-from gradguard.adapter import Adapter
 from gradguard.context import CheckContext
 from gradguard.coverage import Coverage
 from gradguard.engine import Settings, run_check
 from gradguard.errors import AdapterNotFoundError, LossError
+from gradguard.kit.contract import Adapter
 from gradguard.plugins import get_plugin_manager
-from gradguard.report import CheckReport
+from gradguard.results import CheckReport
 
 __all__ = ["check", "find_adapter", "notify", "notify_event", "run_one"]
 

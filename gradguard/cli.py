@@ -27,7 +27,7 @@ def _plugins(_: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gradguard import analysis
+    from gradguard.logs import reader as analysis
 
     logs = analysis.load(*args.logs)
     summary = analysis.summarize(logs)
@@ -40,7 +40,7 @@ def _report(args: argparse.Namespace) -> int:
         )
         return 2
     if args.plot:
-        from gradguard.plot import plot_differences
+        from gradguard.logs.plot import plot_differences
 
         try:
             written = plot_differences(logs, args.plot)

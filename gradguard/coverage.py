@@ -9,10 +9,13 @@ probed once, then the permutation starts over.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
 
-from gradguard.layout import Layout
+if TYPE_CHECKING:
+    from gradguard.engine.layout import Layout
 
 __all__ = ["Coverage"]
 

@@ -11,16 +11,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gradguard.report import CheckReport
+    from gradguard.results import CheckReport
 
 __all__ = [
     "AdapterNotFoundError",
     "GradGuardError",
+    "GradGuardLogWarning",
     "GradientCheckError",
     "GradientCheckWarning",
     "GradientError",
     "InvalidParamsError",
+    "LogError",
     "LossError",
+    "MissingDependencyError",
     "PluginLoadError",
     "SettingsError",
 ]
@@ -50,6 +53,14 @@ class GradientError(GradGuardError, ValueError):
     """The analytic gradient is missing, has the wrong structure or shape, or is not finite."""
 
 
+class MissingDependencyError(GradGuardError, ImportError):
+    """An optional dependency is needed for what was asked (matplotlib for plots)."""
+
+
+class LogError(GradGuardError, OSError):
+    """A log file cannot be read at all (missing, a directory, no permission)."""
+
+
 class PluginLoadError(GradGuardError, RuntimeError):
     """A plugin could not be imported or registered; the message names it."""
 
@@ -71,3 +82,7 @@ class GradientCheckWarning(UserWarning):
 
     The message is the report's readable table.
     """
+
+
+class GradGuardLogWarning(RuntimeWarning):
+    """A log record could not be written; the check itself went on."""

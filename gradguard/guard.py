@@ -23,7 +23,7 @@ from gradguard.coverage import Coverage
 from gradguard.engine import Settings
 from gradguard.errors import GradientCheckError, GradientCheckWarning, SettingsError
 from gradguard.plugins import get_plugin_manager
-from gradguard.report import CheckReport
+from gradguard.results import CheckReport
 
 __all__ = ["DISABLE_ENV", "ON_FAILURE", "Guard", "Schedule", "disabled_by_environment"]
 

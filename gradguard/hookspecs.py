@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from gradguard.adapter import Adapter
     from gradguard.context import CheckContext
-    from gradguard.report import CheckReport
+    from gradguard.kit.contract import Adapter
+    from gradguard.results import CheckReport
 
 __all__ = [
     "gradguard_adapter_claim",
@@ -29,7 +29,7 @@ hookspec = pluggy.HookspecMarker("gradguard")
 
 @hookspec(firstresult=True)
 def gradguard_adapter_claim(params: object) -> Adapter | None:
-    """Claim a params container: return an :class:`~gradguard.adapter.Adapter` for it, or None.
+    """Claim a params container: return an :class:`~gradguard.kit.contract.Adapter` for it, or None.
 
     First result wins: the first plugin to return an adapter handles the check. Built-in
     adapters are ``trylast``, so a third-party plugin can take over any container.
@@ -49,7 +49,7 @@ def gradguard_check_completed(report: CheckReport, context: CheckContext) -> Non
     is called; one that raises is reported as a warning and does not stop the others.
 
     Args:
-        report: The check's :class:`~gradguard.report.CheckReport`.
+        report: The check's :class:`~gradguard.results.CheckReport`.
         context: Where the check ran (:class:`~gradguard.context.CheckContext`): the front
             door, the training step, the run id, the log file asked for.
     """

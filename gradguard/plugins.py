@@ -51,7 +51,7 @@ ENTRY_POINT_GROUP = "gradguard"
 BLOCK_ENV = "GRADGUARD_BLOCK_PLUGINS"
 
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
-    ("jsonl-reporter", "gradguard.reporters"),
+    ("jsonl-reporter", "gradguard.logs.writer"),
     ("numpy", "gradguard_numpy"),
     ("tensorflow", "gradguard_tensorflow"),
     ("torch", "gradguard_torch"),

@@ -30,7 +30,7 @@ from gradguard.api import run_one
 from gradguard.context import CheckContext
 from gradguard.engine import Settings
 from gradguard.errors import GradientCheckError
-from gradguard.report import CheckReport
+from gradguard.results import CheckReport
 
 __all__ = ["GradCheck", "gradcheck"]
 

@@ -66,7 +66,7 @@ def steps_run(model: keras.Model) -> int:
 
 
 _SCHEMA = json.loads(
-    (importlib.resources.files("gradguard") / "schemas" / "log-record.schema.json").read_text()
+    (importlib.resources.files("gradguard.logs") / "schemas" / "log-record.schema.json").read_text()
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradguard import numerics
+from gradguard.engine import numerics
 
 
 @pytest.mark.parametrize(

@@ -258,3 +258,23 @@ def test_python_dash_m_gradguard_report_exit_codes(
         assert done.stderr == ""
         assert done.stdout.startswith("gradguard report: ")
         assert ("FAILED" in done.stdout.splitlines()[0]) is (code == 1)
+
+
+def test_plot_leaves_the_callers_matplotlib_alone(
+    tmp_path: pathlib.Path, failing: pathlib.Path
+) -> None:
+    """Plotting from Python keeps the caller's backend and opens no pyplot figure."""
+    script = f"""
+import matplotlib
+matplotlib.use("pdf")
+import matplotlib.pyplot as plt
+from gradguard.logs import load
+from gradguard.logs.plot import plot_differences
+plot_differences(load({str(failing)!r}), {str(tmp_path / "p.png")!r})
+print(matplotlib.get_backend(), len(plt.get_fignums()))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["pdf", "0"]
+    assert (tmp_path / "p.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gradguard import sampling
+from gradguard.engine import sampling
 
 
 @given(
@@ -37,14 +37,15 @@ def test_sampled_coordinates_are_distinct_sorted_and_in_range() -> None:
 
 
 @pytest.mark.parametrize("size", [1, 7, 8, 9, 1000])
-def test_rademacher_direction_is_a_unit_vector_of_equal_magnitudes(size: int) -> None:
-    """Every element takes part with weight 1/sqrt(n) and a random sign."""
-    v = sampling.rademacher_direction(size, np.random.default_rng(size))
-    assert v.shape == (size,)
-    assert np.allclose(np.abs(v), 1 / np.sqrt(size))
+def test_rademacher_signs_give_every_element_equal_weight(size: int) -> None:
+    """Signs are +1 or -1 (int8), one per element, so signs / sqrt(n) is a unit vector."""
+    signs = sampling.rademacher_signs(size, np.random.default_rng(size))
+    assert signs.shape == (size,) and signs.dtype == np.int8
+    assert set(np.unique(signs).tolist()) <= {-1, 1}
+    v = signs / np.sqrt(size)
     assert np.linalg.norm(v) == pytest.approx(1.0)
     if size == 1000:
-        assert 400 < np.sum(v > 0) < 600
+        assert 400 < np.sum(signs > 0) < 600
 
 
 def test_sampling_never_touches_the_global_random_state() -> None:
@@ -54,5 +55,5 @@ def test_sampling_never_touches_the_global_random_state() -> None:
     rng = np.random.default_rng(1)
     sampling.allocate([5, 5, 5], 2, rng)
     sampling.sample_coordinates([100], [10], rng)
-    sampling.rademacher_direction(100, rng)
+    sampling.rademacher_signs(100, rng)
     assert np.array_equal(np.random.get_state()[1], before)

@@ -9,11 +9,11 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from gradguard.adapter import Adapter, FlatView, IndexArray, scalar_loss_value
+from gradguard.engine.layout import Layout
+from gradguard.engine.numerics import SUPPORTED_DTYPES
 from gradguard.errors import GradientError, InvalidParamsError
-from gradguard.layout import Layout
-from gradguard.numerics import SUPPORTED_DTYPES
-from gradguard.tree import Path, path_name, rebuild, walk, walk_like
+from gradguard.kit.contract import Adapter, FlatView, IndexArray, scalar_loss_value
+from gradguard.kit.tree import Path, path_name, rebuild, walk, walk_like
 
 __all__ = ["NumpyAdapter", "NumpyView", "is_numpy_tree"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from gradguard.adapter import Adapter, FlatView
 from gradguard.errors import LossError
+from gradguard.kit.contract import Adapter, FlatView
 from gradguard_tensorflow._options import TFParams
 
 __all__ = ["TensorFlowAdapter"]

@@ -20,7 +20,7 @@ import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no t
 from gradguard.engine import Settings
 from gradguard.errors import GradGuardError, InvalidParamsError, LossError, SettingsError
 from gradguard.guard import ON_FAILURE, Guard, Schedule, disabled_by_environment
-from gradguard.report import CheckReport
+from gradguard.results import CheckReport
 from gradguard_tensorflow._distribute import outside_strategy
 from gradguard_tensorflow._loss import ModelLoss, model_loss
 from gradguard_tensorflow._options import Precision, TFParams

@@ -11,9 +11,9 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no type information
 
+from gradguard.engine.numerics import SUPPORTED_DTYPES
 from gradguard.errors import InvalidParamsError
-from gradguard.numerics import SUPPORTED_DTYPES
-from gradguard.tree import path_name, walk
+from gradguard.kit.tree import path_name, walk
 
 __all__ = ["Collected", "Slot", "collect", "read_value"]
 

@@ -11,10 +11,10 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no type information
 
-from gradguard.adapter import FlatView, IndexArray, scalar_loss_value
+from gradguard.engine.layout import Layout
 from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, SettingsError
-from gradguard.layout import Layout
-from gradguard.tree import walk
+from gradguard.kit.contract import FlatView, IndexArray, scalar_loss_value
+from gradguard.kit.tree import walk
 from gradguard_tensorflow._distribute import require_no_strategy
 from gradguard_tensorflow._loss import ModelLoss
 from gradguard_tensorflow._params import Slot, collect, read_value, resource_of

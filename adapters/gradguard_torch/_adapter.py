@@ -42,10 +42,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from gradguard.adapter import Adapter, FlatView, IndexArray, scalar_loss_value
+from gradguard.engine.layout import Layout
 from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, LossError
-from gradguard.layout import Layout
-from gradguard.tree import Path, path_name, walk, walk_like
+from gradguard.kit.contract import Adapter, FlatView, IndexArray, scalar_loss_value
+from gradguard.kit.tree import Path, path_name, walk, walk_like
 from gradguard_torch._precision import LOW_PRECISION, Float64Mode, cast_inputs
 from gradguard_torch._tf32 import Tf32Switch
 

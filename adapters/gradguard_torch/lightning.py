@@ -27,7 +27,7 @@ import torch
 from gradguard.engine import Settings
 from gradguard.errors import LossError, SettingsError
 from gradguard.guard import Guard, Schedule
-from gradguard.report import CheckReport
+from gradguard.results import CheckReport
 
 __all__ = ["GradCheckCallback"]
 

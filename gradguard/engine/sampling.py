@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["allocate", "rademacher_direction", "rademacher_signs", "sample_coordinates"]
+__all__ = ["allocate", "rademacher_signs", "sample_coordinates"]
 
 
 def allocate(sizes: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
@@ -85,9 +85,3 @@ def rademacher_signs(size: int, rng: np.random.Generator) -> npt.NDArray[np.int8
     signs *= 2
     signs -= 1
     return signs
-
-
-def rademacher_direction(size: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
-    """A random unit vector with entries ``+-1/sqrt(size)`` (:func:`rademacher_signs`, scaled)."""
-    unit: npt.NDArray[np.float64] = rademacher_signs(size, rng) * (1.0 / np.sqrt(size))
-    return unit

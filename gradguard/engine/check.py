@@ -1,7 +1,7 @@
 """The check itself: central differences on a flat view, judged per tensor.
 
 Pure NumPy on flat float64 vectors; no framework, no I/O, no logging. The adapter's
-:class:`~gradguard.adapter.FlatView` is the only way in and out.
+:class:`~gradguard.kit.contract.FlatView` is the only way in and out.
 
 A check makes *probes*. A coordinate probe perturbs one element; a direction probe perturbs a
 whole tensor along a random unit vector, so every element takes part in two evaluations.
@@ -28,24 +28,27 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
-from gradguard.adapter import FlatView
 from gradguard.coverage import Coverage
-from gradguard.errors import LossError, SettingsError
-from gradguard.layout import Layout
-from gradguard.numerics import (
+from gradguard.engine.layout import Layout
+from gradguard.engine.numerics import (
     default_step,
     default_tolerance,
     relative_difference,
     unit_roundoff,
 )
-from gradguard.report import CheckReport, ParamReport, Status
-from gradguard.sampling import allocate, rademacher_signs, sample_coordinates
+from gradguard.engine.sampling import allocate, rademacher_signs, sample_coordinates
+from gradguard.errors import LossError, SettingsError
+from gradguard.results import CheckReport, ParamReport, Status
+
+if TYPE_CHECKING:
+    # The contract lives in the adapter kit, one layer up; the engine only uses its methods.
+    from gradguard.kit.contract import FlatView
 
 __all__ = ["DEFAULT_COORDINATES", "DEFAULT_DIRECTIONS", "Settings", "run_check"]
 

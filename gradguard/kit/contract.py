@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from gradguard.engine.layout import Layout
 from gradguard.errors import LossError
-from gradguard.layout import Layout
 
 __all__ = ["Adapter", "FlatView", "IndexArray", "scalar_loss_value"]
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import pytest
 
 from gradguard import GradientError
-from gradguard.tree import path_name, rebuild, walk, walk_like
+from gradguard.kit.tree import path_name, rebuild, walk, walk_like
 
 
 class Pair(NamedTuple):

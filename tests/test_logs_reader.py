@@ -14,9 +14,10 @@ import pytest
 from toy import Params, grad, loss
 
 import gradguard as gg
-from gradguard import analysis, records
 from gradguard.guard import DISABLE_ENV
-from gradguard.records import SCHEMA_VERSION
+from gradguard.logs import reader as analysis
+from gradguard.logs import records
+from gradguard.logs.records import SCHEMA_VERSION
 
 
 def make_params() -> Params:
@@ -219,7 +220,7 @@ def test_a_file_that_cannot_be_opened_raises_log_error(tmp_path: pathlib.Path, k
     path = tmp_path / "logs"
     if kind == "directory":
         path.mkdir()
-    with pytest.raises(analysis.LogError) as info:
+    with pytest.raises(gg.LogError) as info:
         analysis.load(passing_log(tmp_path / "good.jsonl"), path)
     assert isinstance(info.value, gg.GradGuardError)
     assert str(path) in str(info.value)

@@ -10,7 +10,7 @@ import datetime as _dt
 from typing import Any
 
 from gradguard.context import CheckContext
-from gradguard.report import CheckReport
+from gradguard.results import CheckReport
 
 __all__ = ["EVENT", "SCHEMA_VERSION", "check_record", "lifecycle_record", "utc_timestamp"]
 

@@ -1,7 +1,9 @@
 """``gradguard report --plot``: the relative difference per tensor over the steps of a run.
 
 matplotlib is an optional dependency (``pip install 'gradguard[plot]'``); it is imported
-only here, only when a plot is asked for, with the non-interactive Agg backend.
+only here, only when a plot is asked for. The figure is drawn with matplotlib's object API
+(``Figure`` and the Agg canvas), never through ``pyplot``, so the caller's backend, open
+figures and rc settings are left alone.
 """
 
 from __future__ import annotations
@@ -9,17 +11,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from gradguard.analysis import NO_RUN, LogRecords
-from gradguard.errors import GradGuardError
+from gradguard.errors import MissingDependencyError
+from gradguard.logs.reader import NO_RUN, LogRecords
 
-__all__ = ["MissingDependencyError", "plot_differences"]
+__all__ = ["plot_differences"]
 
 _FLOOR = 1e-18  # where a difference of exactly 0 is drawn on the log scale
 _MAX_PANELS = 6
-
-
-class MissingDependencyError(GradGuardError, ImportError):
-    """An optional dependency is needed for what was asked (matplotlib for plots)."""
 
 
 def plot_differences(logs: LogRecords, path: str | os.PathLike[str]) -> str:
@@ -32,10 +30,9 @@ def plot_differences(logs: LogRecords, path: str | os.PathLike[str]) -> str:
         MissingDependencyError: matplotlib is not installed.
     """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib import colormaps
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise MissingDependencyError(
             "plotting needs matplotlib: pip install 'gradguard[plot]' (or pip install matplotlib)"
@@ -79,17 +76,11 @@ def plot_differences(logs: LogRecords, path: str | os.PathLike[str]) -> str:
                 tolerances.add(float(tolerance))
 
     height = 1.2 + 2.6 * len(panels)
-    figure, grid = plt.subplots(
-        len(panels),
-        1,
-        figsize=(9, height),
-        sharex=True,
-        sharey=True,
-        layout="constrained",
-        squeeze=False,
-    )
+    figure = Figure(figsize=(9, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(len(panels), 1, sharex=True, sharey=True, squeeze=False)
     # Red is kept for the failure markers: the lines cycle through tab10 without it.
-    tab10 = plt.get_cmap("tab10")
+    tab10 = colormaps["tab10"]
     palette = [tab10(i) for i in range(10) if i != 3]  # tab10's fourth colour is red
     for axes, panel in zip(grid[:, 0], panels, strict=True):
         axes.set_prop_cycle(color=palette)
@@ -135,5 +126,4 @@ def plot_differences(logs: LogRecords, path: str | os.PathLike[str]) -> str:
     )
     target = os.fspath(path)
     figure.savefig(target, dpi=120)
-    plt.close(figure)
     return target

@@ -20,21 +20,17 @@ from typing import Any
 import structlog
 
 from gradguard.context import CheckContext
+from gradguard.errors import GradGuardLogWarning
+from gradguard.logs.records import EVENT, check_record, lifecycle_record
 from gradguard.plugins import hookimpl
-from gradguard.records import EVENT, check_record, lifecycle_record
-from gradguard.report import CheckReport
+from gradguard.results import CheckReport
 
 __all__ = [
-    "GradGuardLogWarning",
     "JsonLinesFile",
     "emit",
     "gradguard_check_completed",
     "gradguard_lifecycle_event",
 ]
-
-
-class GradGuardLogWarning(RuntimeWarning):
-    """A log record could not be written; the check itself went on."""
 
 
 def _dumps(event_dict: Any, **kw: Any) -> str:

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from gradguard.errors import GradGuardError
-from gradguard.records import EVENT, SCHEMA_VERSION
+from gradguard.errors import LogError
+from gradguard.logs.records import EVENT, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     import pandas
 
 __all__ = [
-    "LogError",
     "LogRecords",
     "RunSummary",
     "Summary",
@@ -55,10 +54,6 @@ DATAFRAME_COLUMNS = (
     "worst_analytic",
     "worst_numeric",
 )
-
-
-class LogError(GradGuardError, OSError):
-    """A log file cannot be read at all (missing, a directory, no permission)."""
 
 
 @attrs.frozen

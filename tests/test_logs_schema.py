@@ -28,7 +28,7 @@ def make_params() -> Params:
 @pytest.fixture(scope="module")
 def schema() -> dict[str, Any]:
     text = (
-        importlib.resources.files("gradguard") / "schemas" / "log-record.schema.json"
+        importlib.resources.files("gradguard.logs") / "schemas" / "log-record.schema.json"
     ).read_text(encoding="utf-8")
     loaded = json.loads(text)
     assert isinstance(loaded, dict)

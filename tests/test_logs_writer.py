@@ -12,8 +12,8 @@ import structlog
 from structlog.testing import capture_logs
 
 import gradguard as gg
-from gradguard import reporters
-from gradguard.records import SCHEMA_VERSION
+from gradguard.logs import writer as reporters
+from gradguard.logs.records import SCHEMA_VERSION
 
 
 def _strict(text: str) -> dict[str, object]:
@@ -86,7 +86,7 @@ def test_an_unwritable_log_warns_once_and_checks_go_on(tmp_path: pathlib.Path) -
     """A directory given as log file: one warning, then silence; the checks still run."""
     target = tmp_path / "a-directory"
     target.mkdir()
-    with pytest.warns(reporters.GradGuardLogWarning, match="cannot write its log"):
+    with pytest.warns(gg.GradGuardLogWarning, match="cannot write its log"):
         assert _check(log_file=str(target)).passed
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -105,7 +105,7 @@ def test_a_full_disk_warns_once_and_a_guard_trains_on() -> None:
         log_file="/dev/full",
     )
     reporters.JsonLinesFile._warned.discard("/dev/full")
-    with pytest.warns(reporters.GradGuardLogWarning, match="No space left"):
+    with pytest.warns(gg.GradGuardLogWarning, match="No space left"):
         assert guard.step() is not None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
