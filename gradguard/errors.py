@@ -20,6 +20,7 @@ __all__ = [
     "GradientCheckError",
     "GradientCheckWarning",
     "GradientError",
+    "InconclusiveCheckError",
     "InvalidParamsError",
     "LogError",
     "LossError",
@@ -75,6 +76,16 @@ class GradientCheckError(GradGuardError, AssertionError):
     def __init__(self, message: str, report: CheckReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+class InconclusiveCheckError(GradientCheckError):
+    """Raised by :meth:`CheckReport.raise_for_failure` when the check could not judge a tensor.
+
+    No tensor was found wrong, but at least one could not be judged: the finite differences
+    cannot resolve a disagreement of the size the tolerance names. The message says why and
+    what to do (a larger step, float64). It is a :class:`GradientCheckError`, so code that
+    treats a failed check as a failure treats this one the same way.
+    """
 
 
 class GradientCheckWarning(UserWarning):

@@ -8,23 +8,45 @@ from typing import Any
 
 import attrs
 
-from gradguard.errors import GradientCheckError
+from gradguard.errors import GradientCheckError, InconclusiveCheckError
 
-__all__ = ["CheckReport", "ParamReport", "Status"]
+__all__ = ["CheckReport", "ParamReport", "Status", "overall_status"]
 
 
 class Status(enum.StrEnum):
     """How a tensor (or a whole check) ended.
 
-    ``PASS`` and ``NON_DIFFERENTIABLE`` never fail a check; ``FAIL`` always does;
-    ``NONDETERMINISTIC`` (the loss gives different values at the same point) fails it,
-    because no gradient verdict can be trusted then.
+    PASSED means the check could see, and it agreed:
+
+    - ``PASS``: judged, and the analytic gradient agrees with the finite differences.
+    - ``ZERO``: both sides are zero to within the finite-difference noise, judged against the
+      model's gradient scale (a bias that a normalization cancels, an unused parameter); the
+      gradient agrees, and the report says so instead of printing noise/noise as a difference.
+    - ``NON_DIFFERENTIABLE``: every probe straddled a kink; excluded from the verdict.
+    - ``FAIL``: the analytic gradient is wrong.
+    - ``INCONCLUSIVE``: the finite differences cannot resolve a disagreement of the size the
+      tolerance names (the step is unusable for the dtype, or the measured noise is too
+      large); never counted as passed.
+    - ``NONDETERMINISTIC``: the loss gives different values at the same point, so no
+      gradient verdict can be trusted.
+
+    ``PASS``, ``ZERO`` and ``NON_DIFFERENTIABLE`` count as passed; the others fail a check.
     """
 
     PASS = "pass"
+    ZERO = "zero"
     FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
     NON_DIFFERENTIABLE = "non-differentiable"
     NONDETERMINISTIC = "nondeterministic"
+
+    @property
+    def passed(self) -> bool:
+        """Whether a tensor (or a check) that ended this way counts as passed."""
+        return self in _PASSING
+
+
+_PASSING = frozenset({Status.PASS, Status.ZERO, Status.NON_DIFFERENTIABLE})
 
 
 def _json_float(value: float | None) -> float | None:
@@ -74,7 +96,7 @@ class ParamReport:
     @property
     def passed(self) -> bool:
         """Whether this tensor does not count against the check."""
-        return self.status in (Status.PASS, Status.NON_DIFFERENTIABLE)
+        return self.status.passed
 
     def to_dict(self) -> dict[str, Any]:
         """A strict-JSON-ready dict (built-in types only, no NaN or infinity)."""
@@ -150,6 +172,11 @@ class CheckReport:
         """Names of the tensors whose gradient is wrong."""
         return tuple(p.name for p in self.params if p.status is Status.FAIL)
 
+    @property
+    def inconclusive(self) -> tuple[str, ...]:
+        """Names of the tensors the check could not judge (see :attr:`Status.INCONCLUSIVE`)."""
+        return tuple(p.name for p in self.params if p.status is Status.INCONCLUSIVE)
+
     def __getitem__(self, name: str) -> ParamReport:
         """The report of the tensor called ``name``."""
         for p in self.params:
@@ -165,9 +192,14 @@ class CheckReport:
     def raise_for_failure(self) -> CheckReport:
         """Raise :class:`GradientCheckError` (with this report attached) unless the check passed.
 
+        A check that could not judge some tensor and found no wrong one raises the subclass
+        :class:`InconclusiveCheckError`: an inconclusive check is never a pass.
+
         Returns:
             The report itself, so calls can be chained.
         """
+        if self.status is Status.INCONCLUSIVE:
+            raise InconclusiveCheckError(str(self), self)
         if not self.passed:
             raise GradientCheckError(str(self), self)
         return self
@@ -202,6 +234,17 @@ class CheckReport:
         return format_report(self)
 
 
+def overall_status(params: tuple[ParamReport, ...] | list[ParamReport]) -> Status:
+    """A check's status from its tensors': a wrong tensor fails it, an unjudged one leaves it
+    inconclusive, and otherwise it passed."""
+    statuses = {p.status for p in params}
+    if Status.FAIL in statuses:
+        return Status.FAIL
+    if Status.INCONCLUSIVE in statuses:
+        return Status.INCONCLUSIVE
+    return Status.PASS
+
+
 def _fmt_number(value: float | None) -> str:
     if value is None:
         return "-"
@@ -218,10 +261,18 @@ def _fmt_index(index: tuple[int, ...] | None) -> str:
 
 def format_report(report: CheckReport) -> str:
     """The readable per-tensor table that ``str(report)`` shows."""
+    count = len(report.params)
     if report.status is Status.NONDETERMINISTIC:
         headline = "gradguard: NONDETERMINISTIC loss, gradients not judged"
     elif report.passed:
-        headline = f"gradguard: PASSED, all {len(report.params)} tensors agree"
+        headline = "gradguard: PASSED, " + (
+            "the 1 tensor agrees" if count == 1 else f"all {count} tensors agree"
+        )
+    elif report.status is Status.INCONCLUSIVE:
+        headline = (
+            f"gradguard: INCONCLUSIVE, {len(report.inconclusive)} of {count} tensors could not "
+            "be judged: " + ", ".join(report.inconclusive)
+        )
     else:
         headline = (
             f"gradguard: FAILED, {len(report.failed)} of {len(report.params)} tensors wrong: "
@@ -252,7 +303,7 @@ def format_report(report: CheckReport) -> str:
             (
                 p.name,
                 str(p.shape),
-                p.status.value.upper() if p.status is Status.FAIL else p.status.value,
+                p.status.value.upper() if not p.status.passed else p.status.value,
                 f"{p.difference:.2e}",
                 probes,
                 _fmt_index(p.worst_index),

@@ -44,7 +44,7 @@ from gradguard.engine.numerics import (
 )
 from gradguard.engine.sampling import allocate, rademacher_signs, sample_coordinates
 from gradguard.errors import LossError, SettingsError
-from gradguard.results import CheckReport, ParamReport, Status
+from gradguard.results import CheckReport, ParamReport, Status, overall_status
 
 if TYPE_CHECKING:
     # The contract lives in the adapter kit, one layer up; the engine only uses its methods.
@@ -458,10 +458,10 @@ def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = No
                 hint=judgement.hint,
             )
         )
-    passed = all(r.passed for r in reports)
+    status = overall_status(reports)
     return CheckReport(
-        passed=passed,
-        status=Status.PASS if passed else Status.FAIL,
+        passed=status.passed,
+        status=status,
         difference=overall,
         params=tuple(reports),
         evaluations=run.evaluations,
