@@ -28,20 +28,29 @@ from zoo import numpy_models
 CANDIDATES = {"float64": (1e-6, 1e-7, 1e-8), "float32": (3e-2, 1e-2, 3e-3, 1e-3)}
 
 
-def sweep(dtype: str, tolerance: float, seeds: int) -> tuple[int, int, int, int, float]:
-    """Checks, false alarms, misses, extra failures and mean evaluations at one tolerance."""
+def sweep(dtype: str, tolerance: float, seeds: int) -> tuple[int, ...] | tuple[float, ...]:
+    """Checks, false alarms, inconclusive correct checks, misses, unseen, extra, evaluations.
+
+    A *false alarm* is a correct model with a failing tensor; an *inconclusive* correct check
+    could not see (not passed, but not a false alarm); a *miss* is a corrupted tensor that
+    passed; an *unseen* one was inconclusive; *extra* is a correct tensor failing beside a bug.
+    """
     cases = [c for c in numpy_models.all_cases() if c.name.endswith(dtype)]
-    false_alarms = misses = extra = 0
+    false_alarms = inconclusive = misses = unseen = extra = 0
     evaluations = []
     for case in cases:
         for seed in range(seeds):
             report = gg.check(case.loss, case.params, case.grad, seed=seed, tolerance=tolerance)
             evaluations.append(report.evaluations)
             failed, corrupted = set(report.failed), set(case.corrupted)
+            blind = set(report.inconclusive)
             false_alarms += bool(failed) and not corrupted
-            misses += len(corrupted - failed)
+            inconclusive += bool(blind) and not corrupted and not failed
+            misses += len(corrupted - failed - blind)
+            unseen += len((corrupted - failed) & blind)
             extra += len(failed - corrupted) if corrupted else 0
-    return len(cases) * seeds, false_alarms, misses, extra, float(np.mean(evaluations))
+    n = len(cases) * seeds
+    return n, false_alarms, inconclusive, misses, unseen, extra, float(np.mean(evaluations))
 
 
 def worst_correct_difference(dtype: str, seeds: int) -> list[tuple[float, str]]:
@@ -62,14 +71,20 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     print(f"# Tolerance sweep on the zoo ({args.seeds} seeds per case)\n")
-    print("| dtype | tolerance | checks | false alarms | missed tensors | extra | evaluations |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| dtype | tolerance | checks | false alarms | inconclusive | missed tensors "
+        "| unseen tensors | extra | evaluations |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for dtype, tolerances in CANDIDATES.items():
         default = default_tolerance(dtype)
         for tol in tolerances:
-            n, fa, miss, extra, evals = sweep(dtype, tol, args.seeds)
+            n, fa, blind, miss, unseen, extra, evals = sweep(dtype, tol, args.seeds)
             mark = " (default)" if tol == default else ""
-            print(f"| {dtype} | {tol:g}{mark} | {n} | {fa} | {miss} | {extra} | {evals:.0f} |")
+            print(
+                f"| {dtype} | {tol:g}{mark} | {n} | {fa} | {blind} | {miss} | {unseen} "
+                f"| {extra} | {evals:.0f} |"
+            )
     for dtype in CANDIDATES:
         print(f"\nLargest first-look difference of correct tensors, {dtype}:\n")
         for value, key in worst_correct_difference(dtype, min(args.seeds, 10))[:6]:

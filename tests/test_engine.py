@@ -88,8 +88,9 @@ def test_seed_mode_reproduces_the_recipe_on_random_problems(seed: int) -> None:
     assert report.difference == pytest.approx(expected, rel=1e-9)
 
 
-def test_seed_mode_judges_round_off_as_noise_not_as_a_bug() -> None:
-    """A correct gradient the recipe calls wrong (eps=1e-7 round-off) passes, with the reason."""
+def test_seed_mode_reproduces_the_recipe_but_not_its_blind_verdict() -> None:
+    """A correct gradient the recipe calls wrong (eps=1e-7 round-off): the recipe's number,
+    and the truth about it: the round-off hides any disagreement of the size 1e-7 names."""
     params = {"x": np.linspace(-1.0, 1.0, 7)}
 
     def loss(p: dict[str, np.ndarray]) -> float:
@@ -101,8 +102,10 @@ def test_seed_mode_judges_round_off_as_noise_not_as_a_bug() -> None:
     report = gg.check(loss, params, grad, **SEED_MODE)
     assert report.difference == pytest.approx(seed_recipe(loss, grad, params, 1e-7), rel=1e-9)
     assert report.difference > 1e-7  # the recipe would say "wrong"
-    assert report.passed
-    assert "noise" in report["x"].hint
+    assert report.status is gg.Status.INCONCLUSIVE
+    assert "retried" in report["x"].hint and "large next to its gradient" in report["x"].hint
+    # At a tolerance the retried step can resolve, the same correct gradient passes.
+    assert gg.check(loss, params, grad, **{**SEED_MODE, "tolerance": 1e-3}).passed
 
 
 def test_default_check_is_accurate_where_seed_mode_is_not() -> None:
@@ -216,6 +219,7 @@ def test_default_check_of_a_million_parameters_costs_a_few_hundred_evaluations()
         params,
         lambda p: {k: v.copy() for k, v in p.items()},
         seed=0,
+        tolerance=1e-4,  # a loss of 5e5 in float64 cannot resolve 1e-6 (it is inconclusive)
     )
     assert report.passed, str(report)
     n_tensors = len(params)
@@ -295,10 +299,12 @@ def test_a_float32_step_is_accounted_exactly() -> None:
     def loss(p: np.ndarray) -> np.float32:
         return np.sum(p.astype(np.float32) ** 2, dtype=np.float32) / np.float32(1e4)
 
-    report = gg.check(loss, w, lambda p: 2 * p / np.float32(1e4), sample="all", seed=0)
+    report = gg.check(
+        loss, w, lambda p: 2 * p / np.float32(1e4), sample="all", seed=0, tolerance=0.1
+    )
     assert report.dtype == "float32"
     assert report.passed, str(report)
-    assert report.difference < report.tolerance
+    assert report.difference < 1e-2  # with the nominal step instead, ~1e-3 relative worse
 
 
 def test_settings_defaults() -> None:

@@ -192,13 +192,20 @@ def test_leaving_the_view_restores_every_leaf_bit_identical(tree: Any, seed: int
 @PROPERTY
 @given(tree=trees(finite=True), seed=st.integers(0, 2**32 - 1))
 def test_passing_check_leaves_every_leaf_bit_identical(tree: Any, seed: int) -> None:
-    """A check with the correct gradient passes and leaves the params exactly as they were."""
+    """A check with the correct gradient never fails and leaves the params exactly as they were.
+
+    It passes, or says it could not see: a float16 leaf of 0 beside leaves of 5 (the float16
+    noise cannot resolve a gradient of the model's scale there), or a lone leaf of 1e-125
+    (its gradient, 1e-125, is far below what any step resolves next to J(x +- h) ~ h^2).
+    """
     loss, grad = quadratic(tree)
     before = snapshot(tree)
 
     report = gg.check(loss, tree, grad, seed=seed)
 
-    assert report.passed, str(report)
+    assert report.failed == (), str(report)
+    assert all(p.status.passed or p.status is gg.Status.INCONCLUSIVE for p in report.params)
+    assert report.passed or report.inconclusive, str(report)
     assert report.names == tuple(".".join(path) or "params" for path, _ in walk(tree))
     assert_unchanged(tree, before)
 

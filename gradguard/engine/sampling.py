@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["allocate", "rademacher_signs", "sample_coordinates"]
+__all__ = ["allocate", "rademacher_signs", "sample_coordinates", "sample_where_gradient_lives"]
 
 
 def allocate(sizes: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
@@ -71,6 +71,24 @@ def sample_coordinates(
             chosen = rng.choice(size, size=count, replace=False)
             picks.append(np.sort(chosen).astype(np.intp))
     return picks
+
+
+def sample_where_gradient_lives(
+    grad: npt.NDArray[np.float64], count: int, rng: np.random.Generator
+) -> npt.NDArray[np.intp]:
+    """Draw ``count`` distinct positions, half of them among the non-zero entries of ``grad``.
+
+    A sparse gradient (an embedding whose batch uses a few rows) puts a uniform draw on zero
+    rows, where the analytic and numeric values agree whatever the code does. Half the draw
+    goes where the gradient lives; the other half stays uniform over the rest, so a gradient
+    that is wrongly zero somewhere can still be caught there. Sorted, like
+    :func:`sample_coordinates`.
+    """
+    nonzero = np.flatnonzero(grad)
+    first = rng.choice(nonzero, size=min((count + 1) // 2, nonzero.size), replace=False)
+    rest = np.setdiff1d(np.arange(grad.size, dtype=np.intp), first, assume_unique=True)
+    second = rng.choice(rest, size=count - first.size, replace=False)
+    return np.sort(np.concatenate([first, second])).astype(np.intp)
 
 
 def rademacher_signs(size: int, rng: np.random.Generator) -> npt.NDArray[np.int8]:
