@@ -9,8 +9,9 @@ from typing import Any, Literal
 from gradguard.context import CheckContext
 from gradguard.coverage import Coverage
 from gradguard.engine import Settings, run_check
-from gradguard.errors import AdapterNotFoundError, LossError
+from gradguard.errors import AdapterNotFoundError
 from gradguard.kit.contract import Adapter
+from gradguard.kit.validate import check_loss_callable, describe_leaf, unclaimed_leaves
 from gradguard.plugins import get_plugin_manager
 from gradguard.results import CheckReport
 
@@ -27,6 +28,16 @@ def find_adapter(params: object) -> Adapter:
     adapter = manager.hook.gradguard_adapter_claim(params=params)
     if adapter is None:
         asked = [impl.plugin_name for impl in manager.hook.gradguard_adapter_claim.get_hookimpls()]
+        strays = unclaimed_leaves(
+            params, lambda leaf: manager.hook.gradguard_adapter_claim(params=leaf) is not None
+        )
+        if strays:
+            listed = "; ".join(f"{where} is {describe_leaf(leaf)}" for where, leaf in strays)
+            raise AdapterNotFoundError(
+                f"params holds values that are not tensors: {listed}. params must hold only "
+                "the arrays or tensors to check: keep settings and other values out of it "
+                "(close over them in the loss)"
+            )
         raise AdapterNotFoundError(
             f"no gradguard adapter understands params of type {type(params).__module__}."
             f"{type(params).__qualname__}; adapters asked: {', '.join(asked) or 'none'}. "
@@ -131,10 +142,7 @@ def run_one(
     coverage: Coverage | None = None,
 ) -> CheckReport:
     """One check with validated settings, reported to the plugins: what every front door calls."""
-    if not callable(loss):
-        raise LossError(
-            f"loss must be a callable loss(params) -> scalar, got {type(loss).__name__}"
-        )
+    check_loss_callable(loss)
     adapter = find_adapter(params)
     with adapter.open(params, loss, grad) as view:
         report = run_check(view, settings, coverage)

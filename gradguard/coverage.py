@@ -9,7 +9,7 @@ probed once, then the permutation starts over.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -54,12 +54,39 @@ class Coverage:
     def __init__(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
         self._orders: dict[str, _Order] = {}
+        self._made: list[tuple[str, int]] = []  # every order drawn, in drawing order
+
+    def state_dict(self) -> dict[str, Any]:
+        """What :meth:`from_state_dict` needs: the orders drawn, in order, and their cursors.
+
+        The permutations themselves are not saved (they would be as large as the model):
+        drawn again from the seed in the same order, they are the same.
+        """
+        return {
+            "made": [[name, size] for name, size in self._made],
+            "cursors": {name: order.cursor for name, order in self._orders.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, seed: int, state: dict[str, Any]) -> Coverage:
+        """The coverage that :meth:`state_dict` saved, for a run made with ``seed``."""
+        coverage = cls(seed)
+        for name, size in state["made"]:
+            coverage._draw(str(name), int(size))
+        for name, cursor in state["cursors"].items():
+            coverage._orders[name].cursor = int(cursor)
+        return coverage
+
+    def _draw(self, name: str, size: int) -> _Order:
+        order = self._orders[name] = _Order(size, self._rng)
+        self._made.append((name, size))
+        return order
 
     def take(self, name: str, size: int, count: int) -> npt.NDArray[np.intp]:
         """The next ``count`` positions of tensor ``name`` not yet probed in this round."""
         order = self._orders.get(name)
         if order is None or order.size != size:
-            order = self._orders[name] = _Order(size, self._rng)
+            order = self._draw(name, size)
         return order.take(count)
 
     def fraction(self, layout: Layout) -> float:

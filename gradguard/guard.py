@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
-import warnings
 from collections.abc import Callable, Collection
 from typing import Any, Literal
 
@@ -21,14 +20,17 @@ from gradguard.api import notify_event, run_one
 from gradguard.context import CheckContext
 from gradguard.coverage import Coverage
 from gradguard.engine import Settings
-from gradguard.errors import GradientCheckError, GradientCheckWarning, SettingsError
+from gradguard.errors import SettingsError
+from gradguard.kit.validate import check_loss_callable
 from gradguard.plugins import get_plugin_manager
+from gradguard.policy import DEFAULT_ON_FAILURE, ON_FAILURE, OnFailure, apply_policy
+from gradguard.policy import validate_on_failure as _validate_on_failure
 from gradguard.results import CheckReport
 
 __all__ = ["DISABLE_ENV", "ON_FAILURE", "Guard", "Schedule", "disabled_by_environment"]
 
 DISABLE_ENV = "GRADGUARD_DISABLE"
-ON_FAILURE = ("raise", "warn", "log")
+_STATE_VERSION = 1
 _CHECK_OPTIONS = ("eps", "tolerance", "sample", "directions", "tensors")
 
 
@@ -95,8 +97,10 @@ class Guard:
         every: Check every this many steps.
         start: The first step that is checked.
         max_checks: Switch off after this many passing checks (``None``: never).
-        on_failure: ``"raise"`` a :class:`~gradguard.GradientCheckError`, ``"warn"`` with
-            a :class:`~gradguard.GradientCheckWarning` holding the table, or only ``"log"``.
+        on_failure: What a check that does not pass (failed, or inconclusive) does:
+            ``"stop"`` (default) warns with the table and sets :attr:`should_stop` for the
+            loop to end on; ``"raise"`` raises its :class:`~gradguard.GradientCheckError`;
+            ``"warn"`` warns and goes on; ``"log"`` only logs (see :mod:`gradguard.policy`).
             A check that cannot run (bad input) always raises.
         log_file: Append every check's record (and lifecycle events) to this JSON-lines file.
         run_id: The id shared by this guard's records (default: a fresh random id).
@@ -123,7 +127,7 @@ class Guard:
         every: int = 100,
         start: int = 0,
         max_checks: int | None = 3,
-        on_failure: Literal["raise", "warn", "log"] = "raise",
+        on_failure: OnFailure = DEFAULT_ON_FAILURE,
         log_file: str | os.PathLike[str] | None = None,
         run_id: str | None = None,
         seed: int | None = None,
@@ -137,10 +141,8 @@ class Guard:
             raise SettingsError(
                 f"unknown Guard option(s) {unknown}; check options are {list(_CHECK_OPTIONS)}"
             )
-        if on_failure not in ON_FAILURE:
-            raise SettingsError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
-        if not callable(loss):
-            raise SettingsError(f"loss must be callable, got {type(loss).__name__}")
+        _validate_on_failure(on_failure)
+        check_loss_callable(loss)
         _positive_int("tensors_per_check", tensors_per_check, allow_none=True)
         _positive_int("seed", seed, allow_none=True, minimum=0)
         self.schedule = Schedule(every=every, start=start, max_checks=max_checks)
@@ -157,8 +159,10 @@ class Guard:
         self.source = source
         self._coverage = Coverage(self.seed)
         self._reports: list[CheckReport] = []
+        self._checks = 0  # over the whole run, resumed runs included (reports: this process)
         self._passed = 0
         self._steps = 0
+        self._should_stop = False
         self._rank_checked = False
         self._active = True
         if disabled_by_environment():
@@ -180,6 +184,56 @@ class Guard:
     def steps(self) -> int:
         """How many steps the guard has counted."""
         return self._steps
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether a check did not pass under ``on_failure="stop"``: the loop should end.
+
+        A hand-written loop ends on it (``if guard.should_stop: break``), as Keras ends
+        ``fit`` on ``model.stop_training``.
+        """
+        return self._should_stop
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's state, for a checkpoint: steps, checks, passes, run id, seed, coverage.
+
+        A guard made with the same arguments and given this state by :meth:`load_state_dict`
+        goes on as this one would have: the same schedule position, ``max_checks`` counted
+        over both, the same run id in the records, and coordinates not probed before.
+        """
+        return {
+            "version": _STATE_VERSION,
+            "steps": self._steps,
+            "checks": self._checks,
+            "passed": self._passed,
+            "active": self._active,
+            "should_stop": self._should_stop,
+            "run_id": self.run_id,
+            "seed": self.seed,
+            "coverage": self._coverage.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the run that :meth:`state_dict` saved (after resuming from a checkpoint).
+
+        A guard switched off by ``GRADGUARD_DISABLE`` stays off.
+
+        Raises:
+            SettingsError: ``state`` is not a guard's state.
+        """
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise SettingsError(
+                "load_state_dict needs the dict a Guard's state_dict() returned (version "
+                f"{_STATE_VERSION}), got {type(state).__name__}"
+            )
+        self._steps = int(state["steps"])
+        self._checks = int(state["checks"])
+        self._passed = int(state["passed"])
+        self._active = self._active and bool(state["active"])
+        self._should_stop = bool(state["should_stop"])
+        self.run_id = str(state["run_id"])
+        self.seed = int(state["seed"])
+        self._coverage = Coverage.from_state_dict(self.seed, state["coverage"])
 
     def _context(self, step: int | None) -> CheckContext:
         return CheckContext(
@@ -228,10 +282,11 @@ class Guard:
         """Make a check now, whatever the schedule (it counts towards ``max_checks``).
 
         Raises:
-            GradientCheckError: the check failed and ``on_failure="raise"``.
+            GradientCheckError: the check did not pass and ``on_failure="raise"``
+                (:class:`~gradguard.InconclusiveCheckError` when it could not judge).
             GradGuardError: the check could not run (bad input): always raised.
         """
-        index = len(self._reports)
+        index = self._checks
         window = None
         if self.tensors_per_check is not None:
             window = (index * self.tensors_per_check, self.tensors_per_check)
@@ -242,14 +297,13 @@ class Guard:
             self.loss, self.params, self.grad, settings, self._context(step), self._coverage
         )
         self._reports.append(report)
+        self._checks += 1
         if report.passed:
             self._passed += 1
             if self.schedule.max_checks is not None and self._passed >= self.schedule.max_checks:
                 self.disable("passed", step)
-        elif self.on_failure == "raise":
-            raise GradientCheckError(str(report), report)
-        elif self.on_failure == "warn":
-            warnings.warn(str(report), GradientCheckWarning, stacklevel=3)
+        elif apply_policy(report, self.on_failure, step, stacklevel=3):
+            self._should_stop = True
         return report
 
     def _rank_selected(self) -> bool:

@@ -91,9 +91,19 @@ def test_environment_switch_off_values_keep_the_guard(
     assert Model().guard().active
 
 
+def test_on_failure_stop_is_the_default() -> None:
+    """By default a failing check warns that training stops, and sets guard.should_stop."""
+    guard = Model(bug=1.01).guard(every=1)
+    assert guard.on_failure == "stop" and not guard.should_stop
+    with pytest.warns(gg.GradientCheckWarning, match=r"stopped training at step 0.*\n.*FAILED"):
+        report = guard.step()
+    assert report is not None and report.failed == ("W",)
+    assert guard.should_stop and guard.active
+
+
 def test_on_failure_raise() -> None:
     """on_failure='raise' raises GradientCheckError with the report naming the tensor."""
-    guard = Model(bug=1.01).guard(every=1)
+    guard = Model(bug=1.01).guard(every=1, on_failure="raise")
     with pytest.raises(gg.GradientCheckError, match="W") as caught:
         guard.step()
     assert caught.value.report.failed == ("W",)  # type: ignore[attr-defined]
@@ -136,6 +146,7 @@ def test_a_check_that_cannot_run_always_raises() -> None:
         ({"start": -1}, "start"),
         ({"max_checks": 0}, "max_checks"),
         ({"on_failure": "explode"}, "on_failure"),
+        ({"on_failure": "error"}, "'stop', 'raise', 'warn', 'log'"),
         ({"tensors_per_check": 0}, "tensors_per_check"),
         ({"eps": -1.0}, "eps"),
         ({"sampel": 3}, "unknown Guard option"),
@@ -248,3 +259,43 @@ def test_guard_reports_go_through_the_reporter_hook() -> None:
     finally:
         plugins.unregister("spy")
     assert seen == [("guard", 0, guard.run_id), ("guard", 3, guard.run_id)]
+
+
+def test_a_loss_that_is_not_a_callable_is_a_loss_error() -> None:
+    """Guard(loss=...) refuses a non-callable with the LossError check() gives, not another type."""
+    model = Model()
+    with pytest.raises(gg.LossError, match=r"loss must be a callable loss\(params\)"):
+        gg.Guard(model.loss(model.params), model.params, model.grad)  # type: ignore[arg-type]
+    with pytest.raises(gg.LossError, match=r"loss must be a callable loss\(params\)"):
+        gg.check(model.loss(model.params), model.params, model.grad)  # type: ignore[arg-type]
+
+
+def test_state_dict_resumes_the_run() -> None:
+    """A guard given another's state_dict goes on as that one would have: same steps,
+    seeds, coverage, run id and max_checks count as one uninterrupted guard."""
+    model = Model()
+    options = {"every": 2, "max_checks": 4, "sample": 3, "directions": 1, "seed": 7}
+    whole = model.guard(**options)
+    first = model.guard(**options)
+    [whole.step() for _ in range(4)]
+    [first.step() for _ in range(4)]
+    state = first.state_dict()
+    json.dumps(state)  # a checkpoint may be JSON
+    second = model.guard(**options)
+    second.load_state_dict(state)
+    assert second.run_id == first.run_id and second.steps == 4
+    later = [second.step() for _ in range(6)]
+    expected = [whole.step() for _ in range(6)]
+    assert [r is None for r in later] == [r is None for r in expected] == [
+        False, True, False, True, True, True
+    ]
+    pairs = [(a, b) for a, b in zip(later, expected, strict=True) if a is not None]
+    assert [a.seed for a, _ in pairs] == [b.seed for _, b in pairs]  # type: ignore[union-attr]
+    assert [a.coverage for a, _ in pairs] == [b.coverage for _, b in pairs]  # type: ignore[union-attr]
+    assert not second.active and not whole.active  # 2 + 2 passing checks: max_checks
+
+
+def test_load_state_dict_refuses_something_else() -> None:
+    """load_state_dict names what it needs when given another object."""
+    with pytest.raises(gg.SettingsError, match="state_dict"):
+        Model().guard().load_state_dict({"steps": 3})

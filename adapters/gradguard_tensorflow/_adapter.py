@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from gradguard.errors import LossError
 from gradguard.kit.contract import Adapter, FlatView
 from gradguard_tensorflow._options import TFParams
 
@@ -31,8 +30,4 @@ class TensorFlowAdapter(Adapter):
         if isinstance(params, TFParams):
             precision = params.precision
             params = params.params
-        if not callable(loss):
-            raise LossError(
-                f"loss must be a callable loss(params) -> scalar, got {type(loss).__name__}"
-            )
         return TensorFlowView(params, loss, grad, precision)

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no type information
 
 from gradguard.errors import LossError
+from gradguard.kit.validate import check_loss_value
 from gradguard_tensorflow._graph import captured_resources, float_precisions, written_resources
 from gradguard_tensorflow._params import Slot, resource_of
 from gradguard_tensorflow._precision import Float64Unavailable, float64_trace
@@ -68,6 +69,7 @@ def scalar_loss(value: Any) -> Any:
         raise LossError("the loss returned None; it must return a float scalar (the loss value)")
     if isinstance(value, bool):
         raise LossError(f"the loss returned a bool ({value!r}); it must return a float scalar")
+    check_loss_value(value)
     try:
         tensor = tf.convert_to_tensor(value)
     except (TypeError, ValueError) as exc:

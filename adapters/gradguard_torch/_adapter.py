@@ -46,6 +46,7 @@ from gradguard.engine.layout import Layout
 from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, LossError
 from gradguard.kit.contract import Adapter, FlatView, IndexArray, scalar_loss_value
 from gradguard.kit.tree import Path, path_name, walk, walk_like
+from gradguard.kit.validate import check_loss_value
 from gradguard_torch._precision import LOW_PRECISION, Float64Mode, cast_inputs
 from gradguard_torch._tf32 import Tf32Switch
 
@@ -474,6 +475,7 @@ class TorchView(FlatView):
     def _loss_tensor(self, value: Any) -> torch.Tensor:
         """The loss as a one-element floating tensor, or a LossError that says what to fix."""
         if not isinstance(value, torch.Tensor):
+            check_loss_value(value)
             if self._grad is None:
                 raise LossError(
                     f"the loss returned a {type(value).__name__}, not a tensor; gradguard "

@@ -9,17 +9,23 @@
     trainer.fit(model, train_loader)
 
 The callback is a thin front door over :class:`gradguard.Guard`: the same schedule,
-self-disabling, ``GRADGUARD_DISABLE``, logs and rank-0-only checks. The loss is either given
-(``loss=lambda module: ...``) or the module's own ``training_step`` on a fixed probe batch
-(``probe=batch``), with ``self.log`` silenced during the check's evaluations so the probe's
-values never reach the trainer's logs. Importing this module imports Lightning.
+self-disabling, ``GRADGUARD_DISABLE``, logs, rank-0-only checks and failure policy
+(:mod:`gradguard.policy`). The loss is either given (``loss=lambda module: ...``) or the
+module's own ``training_step`` on a fixed probe batch (``probe=batch``), with ``self.log``
+silenced during the check's evaluations so the probe's values never reach the trainer's logs.
+
+Under DDP only rank 0 checks, but every rank must stop (or raise) at the same batch, or the
+others would wait forever in the next collective: at each checking step the ranks agree,
+through ``trainer.strategy.reduce_boolean_decision`` as Lightning's ``EarlyStopping`` does,
+whether a check failed and whether any rank still checks. Importing this module imports
+Lightning.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -27,19 +33,10 @@ import torch
 from gradguard.engine import Settings
 from gradguard.errors import LossError, SettingsError
 from gradguard.guard import Guard, Schedule
+from gradguard.policy import DEFAULT_ON_FAILURE, OnFailure, apply_policy, validate_on_failure
 from gradguard.results import CheckReport
 
 __all__ = ["GradCheckCallback"]
-
-ON_FAILURE = ("warn", "log", "stop", "raise")
-# "stop" is the guard's "log" plus trainer.should_stop, set by the callback.
-_GUARD_ON_FAILURE: dict[str, Literal["raise", "warn", "log"]] = {
-    "warn": "warn",
-    "log": "log",
-    "stop": "log",
-    "raise": "raise",
-}
-
 
 @contextlib.contextmanager
 def _quiet_logging(module: torch.nn.Module) -> Iterator[None]:
@@ -83,10 +80,14 @@ class GradCheckCallback(pl.Callback):
         every: Check every this many training batches.
         start: The first batch that is checked.
         max_checks: Switch off after this many passing checks (``None``: never).
-        on_failure: ``"warn"`` (a GradientCheckWarning with the table), ``"log"`` (only the
-            log), ``"stop"`` (``trainer.should_stop``: a graceful stop) or ``"raise"``.
+        on_failure: What a check that does not pass (failed, or inconclusive) does, as for
+            every front door: ``"stop"`` (default: a ``GradientCheckWarning`` with the table
+            that says training stops, and ``trainer.should_stop`` on every rank), ``"raise"``
+            (its ``GradientCheckError`` leaves ``trainer.fit`` on every rank), ``"warn"`` (the
+            warning; training goes on) or ``"log"`` (the log record only).
         log_file: Append every check's record to this JSON-lines file.
-        run_id: The id of the run's records (default: random).
+        run_id: The id of the run's records (default: a fresh one per fit; a fit resumed from
+            a checkpoint keeps the run's).
         seed: Seed of the run's probes (default: random, recorded in each report).
         **check_options: ``eps``, ``tolerance``, ``sample``, ``directions``, ``tensors``.
 
@@ -102,7 +103,7 @@ class GradCheckCallback(pl.Callback):
         every: int = 100,
         start: int = 0,
         max_checks: int | None = 3,
-        on_failure: Literal["warn", "log", "stop", "raise"] = "warn",
+        on_failure: OnFailure = DEFAULT_ON_FAILURE,
         log_file: str | None = None,
         run_id: str | None = None,
         seed: int | None = None,
@@ -114,46 +115,80 @@ class GradCheckCallback(pl.Callback):
                 "GradCheckCallback needs a loss: loss=lambda module: ... on a probe batch, "
                 "or probe=batch for the module's own training_step (one of the two)"
             )
-        if on_failure not in ON_FAILURE:
-            raise SettingsError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
-        Schedule(every=every, start=start, max_checks=max_checks)  # validates now
-        Settings(**check_options)
+        self.on_failure = validate_on_failure(on_failure)
+        self.schedule = Schedule(every=every, start=start, max_checks=max_checks)
+        Settings(**check_options)  # validated now, not in the first check
         self.loss = loss if loss is not None else _training_step_loss(probe)
         self.every, self.start, self.max_checks = every, start, max_checks
-        self.on_failure = on_failure
         self.log_file, self.run_id, self.seed = log_file, run_id, seed
         self.check_options = check_options
         self._guard: Guard | None = None
+        self._batches = 0  # training batches seen in this run, resumed runs included
+        self._checking = False  # some rank still checks: the ranks agreed on it
+        self._restored: dict[str, Any] | None = None  # from a checkpoint, for on_train_start
+        self.stopped_at: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint (two callbacks, two keys)."""
+        return self._generate_state_key(every=self.every, start=self.start, log=self.log_file)
 
     @property
     def reports(self) -> tuple[CheckReport, ...]:
-        """The reports of the current (or last) fit's checks."""
+        """The reports of the current (or last) fit's checks (on the checking rank)."""
         return () if self._guard is None else self._guard.reports
 
     @property
     def active(self) -> bool:
         """Whether the callback still checks."""
-        return self._guard is not None and self._guard.active
+        return self._guard is not None and self._checking
+
+    @property
+    def guard(self) -> Guard | None:
+        """The :class:`~gradguard.Guard` of the current (or last) fit; ``None`` before."""
+        return self._guard
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's state for a checkpoint: batches counted, checks, passes, run id, coverage."""
+        if self._guard is None:
+            return {} if self._restored is None else dict(self._restored)
+        return {
+            "batches": self._batches,
+            "checking": self._checking,
+            "stopped_at": self.stopped_at,
+            "guard": self._guard.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the run a checkpoint saved (applied when the resumed fit starts)."""
+        self._restored = dict(state_dict) if state_dict else None
+
+    # -- Lightning hooks -------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """A fresh guard per fit, so one callback instance can be reused."""
+        """A fresh guard per fit (one instance serves several), or the checkpoint's run."""
         self._guard = Guard(
             self.loss,
             pl_module,
             every=self.every,
             start=self.start,
             max_checks=self.max_checks,
-            on_failure="raise"
-            if self.on_failure == "raise"
-            else "warn"
-            if self.on_failure == "warn"
-            else "log",
+            on_failure="log",  # the policy is applied below, once the ranks have agreed
             log_file=self.log_file,
             run_id=self.run_id,
             seed=self.seed,
             source="lightning",
             **self.check_options,
         )
+        self._batches, self._checking, self.stopped_at = 0, True, None
+        restored, self._restored = self._restored, None
+        if restored:
+            self._batches = int(restored["batches"])
+            self._checking = bool(restored["checking"])
+            self.stopped_at = restored["stopped_at"]
+            self._guard.load_state_dict(restored["guard"])
 
     def on_train_batch_end(
         self,
@@ -163,9 +198,35 @@ class GradCheckCallback(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Count the batch; check when due; stop training gracefully if asked to."""
-        if self._guard is None:
+        """Count the batch; check when due; act on a failure on every rank alike."""
+        if not self._checking:  # switched off on every rank: the rest costs this test
             return
-        report = self._guard.step()
-        if report is not None and not report.passed and self.on_failure == "stop":
-            trainer.should_stop = True
+        guard = self._guard
+        assert guard is not None  # made in on_train_start
+        step = self._batches
+        self._batches += 1
+        if not self.schedule.due(step):
+            return
+        report = guard.step(step)  # None on a rank that does not check
+        strategy = trainer.strategy
+        failed = strategy.reduce_boolean_decision(
+            report is not None and not report.passed, all=False
+        )
+        self._checking = strategy.reduce_boolean_decision(guard.active, all=False)
+        if not failed:
+            return
+        if self.on_failure == "raise":
+            # Every rank raises the checking rank's error, so none waits in a collective.
+            report = strategy.broadcast(report, src=0)
+            assert report is not None
+        elif report is None:  # another rank checked, and said why
+            if self.on_failure == "stop":
+                self._stop(trainer, step)
+            return
+        if apply_policy(report, self.on_failure, step, stacklevel=2):
+            self._stop(trainer, step)
+
+    def _stop(self, trainer: pl.Trainer, step: int) -> None:
+        trainer.should_stop = True
+        self.stopped_at = step
+        self._checking = False

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from gradguard.engine.layout import Layout
 from gradguard.errors import LossError
+from gradguard.kit.validate import check_loss_value
 
 __all__ = ["Adapter", "FlatView", "IndexArray", "scalar_loss_value"]
 
@@ -150,10 +151,12 @@ class Adapter(abc.ABC):
 def scalar_loss_value(value: Any) -> float:
     """Convert a loss value to a Python float, or raise :class:`LossError` if it is not a scalar.
 
-    Accepts Python numbers and anything array-like with exactly one element.
+    Accepts Python numbers and anything array-like with exactly one element, except a list or
+    tuple (:func:`~gradguard.kit.validate.check_loss_value`).
     """
     if isinstance(value, bool):
         raise LossError(f"the loss returned a bool ({value!r}); it must return a float scalar")
+    check_loss_value(value)
     if isinstance(value, int | float):
         return float(value)
     try:

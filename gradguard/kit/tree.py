@@ -59,6 +59,12 @@ def rebuild(template: Any, leaves: Iterable[Any]) -> Any:
     return build(template)
 
 
+def _scalar_note(template: dict[Any, Any], missing: list[Any], path: Path) -> str:
+    from gradguard.kit.validate import python_scalar_note  # validate walks with this module
+
+    return python_scalar_note(template, missing, path)
+
+
 def walk_like(template: Any, other: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
     """Walk ``other`` (a gradient) along the structure of ``template`` (the params).
 
@@ -83,6 +89,7 @@ def walk_like(template: Any, other: Any, path: Path = ()) -> Iterator[tuple[Path
             raise GradientError(
                 f"the gradient dict at {where!r} has " + " and ".join(parts) + "; it must have "
                 "the same keys as params (a common slip: 'dW1' instead of 'W1')"
+                + _scalar_note(template, [k for k in template if k not in other], path)
             )
         for key, value in template.items():
             yield from walk_like(value, other[key], (*path, key))
