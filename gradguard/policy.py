@@ -21,7 +21,7 @@ whatever the policy says.
 from __future__ import annotations
 
 import warnings
-from typing import Literal, cast
+from typing import Literal
 
 from gradguard.errors import GradientCheckWarning, SettingsError
 from gradguard.results import CheckReport, Status
@@ -43,7 +43,7 @@ def validate_on_failure(value: object) -> OnFailure:
         raise SettingsError(
             f"on_failure must be one of {', '.join(map(repr, ON_FAILURE))}, got {value!r}"
         )
-    return cast(OnFailure, value)
+    return value
 
 
 def _verdict(report: CheckReport) -> str:
@@ -84,6 +84,8 @@ def apply_policy(
         report.raise_for_failure()
     if on_failure in ("stop", "warn"):
         warnings.warn(
-            failure_message(report, on_failure, step), GradientCheckWarning, stacklevel=stacklevel + 1
+            failure_message(report, on_failure, step),
+            GradientCheckWarning,
+            stacklevel=stacklevel + 1,
         )
     return on_failure == "stop"

@@ -286,9 +286,11 @@ def test_state_dict_resumes_the_run() -> None:
     assert second.run_id == first.run_id and second.steps == 4
     later = [second.step() for _ in range(6)]
     expected = [whole.step() for _ in range(6)]
-    assert [r is None for r in later] == [r is None for r in expected] == [
-        False, True, False, True, True, True
-    ]
+    assert (
+        [r is None for r in later]
+        == [r is None for r in expected]
+        == [False, True, False, True, True, True]
+    )
     pairs = [(a, b) for a, b in zip(later, expected, strict=True) if a is not None]
     assert [a.seed for a, _ in pairs] == [b.seed for _, b in pairs]  # type: ignore[union-attr]
     assert [a.coverage for a, _ in pairs] == [b.coverage for _, b in pairs]  # type: ignore[union-attr]

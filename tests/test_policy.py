@@ -1,4 +1,4 @@
-"""gradguard.policy: one failure policy, and an inconclusive check goes through it like a failure."""
+"""gradguard.policy: one failure policy; an inconclusive check goes through it like a failure."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import warnings
 import attrs
 import numpy as np
 import pytest
+import toy
 
 import gradguard as gg
 import gradguard.guard
 from gradguard.policy import DEFAULT_ON_FAILURE, ON_FAILURE, apply_policy, validate_on_failure
 from gradguard.results import CheckReport, Status
-import toy
 
 
 def _report(bug: float = 1.0) -> CheckReport:

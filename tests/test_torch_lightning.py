@@ -12,56 +12,22 @@ import pytest
 torch = pytest.importorskip("torch")
 lightning = pytest.importorskip("lightning")
 import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+from lightning_toy import Regressor, data  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import gradguard as gg  # noqa: E402
 from gradguard_torch.lightning import GradCheckCallback  # noqa: E402
 
 
-class Scaled(torch.autograd.Function):
-    """y = 2x, whose backward is wrong by a factor (1 + error)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, error: float) -> torch.Tensor:
-        ctx.error = error
-        return 2.0 * x
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return 2.0 * (1.0 + ctx.error) * grad, None
-
-
-class Regressor(lightning.LightningModule):  # type: ignore[misc]
-    def __init__(self, error: float = 0.0) -> None:
-        super().__init__()
-        self.hidden = nn.Linear(4, 8)
-        self.out = nn.Linear(8, 1)
-        self.error = error
-        self.probe: Any = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(Scaled.apply(torch.tanh(self.hidden(x)), self.error))  # type: ignore[no-any-return]
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = F.mse_loss(self(x), y)
-        self.log("train_loss", loss)
-        if batch is self.probe:
-            self.log("probe_was_logged", 1.0)
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.05)
-
-
-def _data() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(64, 4, generator=generator), torch.randn(64, 1, generator=generator)
-
-
-def _fit(module: Regressor, callbacks: list[Any], steps: int = 12) -> Any:
-    x, y = _data()
+def _fit(
+    module: Regressor,
+    callbacks: list[Any],
+    steps: int = 12,
+    *,
+    root: pathlib.Path | None = None,
+    ckpt_path: pathlib.Path | None = None,
+) -> Any:
+    x, y = data()
     loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
     trainer = lightning.Trainer(
         callbacks=callbacks,
@@ -72,11 +38,13 @@ def _fit(module: Regressor, callbacks: list[Any], steps: int = 12) -> Any:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        default_root_dir=root,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        trainer.fit(module, loader)
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended.*")
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -87,7 +55,7 @@ def _module(error: float = 0.0) -> Regressor:
 
 def test_checks_then_switches_off_and_logs(tmp_path: pathlib.Path) -> None:
     """Checks every 3 batches, passes, switches off after 2, logs with source 'lightning'."""
-    x, y = _data()
+    x, y = data()
     log = tmp_path / "lightning.jsonl"
     callback = GradCheckCallback(
         lambda m: F.mse_loss(m(x[:16]), y[:16]), every=3, max_checks=2, log_file=str(log), seed=1
@@ -105,7 +73,7 @@ def test_checks_then_switches_off_and_logs(tmp_path: pathlib.Path) -> None:
 
 def test_training_with_the_callback_is_bit_identical() -> None:
     """The weights after fit are the same bits with the callback checking as without it."""
-    x, y = _data()
+    x, y = data()
     checked, plain = _module(), _module()
     callback = GradCheckCallback(
         lambda m: F.mse_loss(m(x[:16]), y[:16]), every=2, max_checks=None, seed=2
@@ -119,20 +87,40 @@ def test_training_with_the_callback_is_bit_identical() -> None:
         assert torch.equal(a, b), name
 
 
-def test_stop_ends_a_buggy_run_gracefully_and_names_the_tensors() -> None:
-    """on_failure='stop' sets trainer.should_stop at the first failing check."""
-    x, y = _data()
-    callback = GradCheckCallback(
-        lambda m: F.mse_loss(m(x[:16]), y[:16]), every=4, on_failure="stop", seed=3
-    )
-    trainer = _fit(_module(error=0.01), [callback])
+def test_stop_is_the_default_and_says_why() -> None:
+    """By default a failing check stops the fit after that batch, with a GradientCheckWarning
+    that says gradguard stopped training, at which step, and shows the table."""
+    x, y = data()
+    callback = GradCheckCallback(lambda m: F.mse_loss(m(x[:16]), y[:16]), every=4, seed=3)
+    assert callback.on_failure == gg.policy.DEFAULT_ON_FAILURE == "stop"
+    with pytest.warns(gg.GradientCheckWarning) as warned:
+        trainer = _fit(_module(error=0.01), [callback])
     assert trainer.global_step == 1  # stopped after the first batch, which was checked
     assert callback.reports[0].failed == ("hidden.weight", "hidden.bias")
+    assert callback.stopped_at == 0 and not callback.active
+    messages = [str(w.message) for w in warned if issubclass(w.category, gg.GradientCheckWarning)]
+    assert len(messages) == 1
+    assert messages[0].startswith(
+        "gradguard stopped training at step 0: the gradient check FAILED on hidden.weight, "
+        "hidden.bias (on_failure='stop'"
+    )
+    assert "FAILED, 2 of 4 tensors wrong" in messages[0]
+
+
+def test_warn_keeps_training() -> None:
+    """on_failure='warn' warns at every failing check and the fit runs to the end."""
+    x, y = data()
+    callback = GradCheckCallback(
+        lambda m: F.mse_loss(m(x[:16]), y[:16]), every=4, on_failure="warn", seed=3
+    )
+    with pytest.warns(gg.GradientCheckWarning, match="training goes on"):
+        trainer = _fit(_module(error=0.01), [callback])
+    assert trainer.global_step == 12 and len(callback.reports) == 3
 
 
 def test_raise_propagates_out_of_fit() -> None:
     """on_failure='raise' raises GradientCheckError out of trainer.fit."""
-    x, y = _data()
+    x, y = data()
     callback = GradCheckCallback(lambda m: F.mse_loss(m(x), y), every=1, on_failure="raise")
     with pytest.raises(gg.GradientCheckError, match=r"hidden\.weight"):
         _fit(_module(error=0.01), [callback])
@@ -141,7 +129,7 @@ def test_raise_propagates_out_of_fit() -> None:
 def test_probe_batch_uses_training_step_without_polluting_the_logs() -> None:
     """probe=batch runs training_step on it; its self.log calls never reach the trainer."""
     module = _module()
-    x, y = _data()
+    x, y = data()
     module.probe = (x[:8], y[:8])
     callback = GradCheckCallback(probe=module.probe, every=2, max_checks=2, seed=4)
     trainer = _fit(module, [callback])
@@ -152,7 +140,7 @@ def test_probe_batch_uses_training_step_without_polluting_the_logs() -> None:
 
 def test_one_instance_serves_two_fits() -> None:
     """State is reset at each fit's start: the second fit checks afresh."""
-    x, y = _data()
+    x, y = data()
     callback = GradCheckCallback(lambda m: F.mse_loss(m(x), y), every=2, max_checks=1, seed=5)
     _fit(_module(), [callback])
     first = callback.reports
@@ -166,7 +154,7 @@ def test_one_instance_serves_two_fits() -> None:
     [
         ({}, "needs a loss"),
         ({"loss": lambda m: m, "probe": (1, 2)}, "one of the two"),
-        ({"loss": lambda m: m, "on_failure": "halt"}, "on_failure"),
+        ({"loss": lambda m: m, "on_failure": "halt"}, "on_failure must be one of 'stop'"),
         ({"loss": lambda m: m, "every": 0}, "every"),
         ({"loss": lambda m: m, "eps": -1.0}, "eps"),
     ],
@@ -175,3 +163,44 @@ def test_bad_options_raise_at_construction(kwargs: dict[str, Any], match: str) -
     """Bad configuration fails when the callback is built, before any training."""
     with pytest.raises(gg.SettingsError, match=match):
         GradCheckCallback(**kwargs)
+
+
+def test_a_resumed_fit_continues_the_run(tmp_path: pathlib.Path) -> None:
+    """state_dict/load_state_dict: a fit resumed from a checkpoint goes on counting batches,
+    keeps the run id and seed, and counts max_checks over both fits; the log reads as one run."""
+    x, y = data()
+    log = tmp_path / "resume.jsonl"
+
+    def callback() -> GradCheckCallback:
+        return GradCheckCallback(
+            lambda m: F.mse_loss(m(x[:16]), y[:16]), every=3, max_checks=3, log_file=str(log)
+        )
+
+    first = callback()
+    trainer = _fit(_module(), [first], steps=5, root=tmp_path)
+    checkpoint = tmp_path / "five.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    assert [r.passed for r in first.reports] == [True, True]  # batches 0 and 3
+    second = callback()
+    _fit(_module(), [second], steps=12, root=tmp_path, ckpt_path=checkpoint)
+    assert len(second.reports) == 1 and not second.active  # batch 6: the third pass
+    assert second.guard is not None and first.guard is not None
+    assert second.guard.run_id == first.guard.run_id
+    assert second.guard.seed == first.guard.seed
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["event"], r["step"]) for r in records] == [
+        ("gradcheck", 0),
+        ("gradcheck", 3),
+        ("gradcheck", 6),
+        ("guard_disabled", 6),
+    ]
+    assert {r["run_id"] for r in records} == {first.guard.run_id}
+    assert records[2]["coverage"] > records[1]["coverage"]  # new coordinates, not the first's
+
+
+def test_two_callbacks_keep_their_own_state(tmp_path: pathlib.Path) -> None:
+    """Two callbacks with different schedules have different checkpoint keys."""
+    x, y = data()
+    a = GradCheckCallback(lambda m: F.mse_loss(m(x), y), every=2)
+    b = GradCheckCallback(lambda m: F.mse_loss(m(x), y), every=5)
+    assert a.state_key != b.state_key

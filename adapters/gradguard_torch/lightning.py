@@ -38,6 +38,7 @@ from gradguard.results import CheckReport
 
 __all__ = ["GradCheckCallback"]
 
+
 @contextlib.contextmanager
 def _quiet_logging(module: torch.nn.Module) -> Iterator[None]:
     """``self.log`` and ``self.log_dict`` do nothing while a probe evaluation runs."""
