@@ -113,7 +113,15 @@ def main() -> None:
 
     print("1. Training with the hand-written Swish gradient, with GradCheckCallback:")
     buggy = build("buggy", swish_buggy)
-    callback = GradCheckCallback(probe, every=50, max_checks=3, log_file=log, seed=0)
+    callback = GradCheckCallback(
+        probe,
+        every=50,
+        max_checks=3,
+        on_failure="raise",  # the default, "stop", would end fit gracefully with a warning
+        log_file=log,
+        run_id="keras-swish-buggy",
+        seed=0,
+    )
     try:
         buggy.fit(x, y, batch_size=64, epochs=5, verbose=0, callbacks=[callback])
         raise SystemExit("the buggy gradient was not caught")
@@ -139,12 +147,14 @@ def main() -> None:
         )
     print(f"  - every check is in {log}: gradguard report {log}")
 
-    print("\n2. The fixed Swish gradient, same callback:")
+    print("\n2. The fixed Swish gradient, with a callback of its own (one run id per run):")
     fixed = build("fixed", swish_fixed)
+    callback = GradCheckCallback(
+        probe, every=50, max_checks=3, log_file=log, run_id="keras-swish-fixed", seed=0
+    )
     history = fixed.fit(x, y, batch_size=64, epochs=5, verbose=0, callbacks=[callback])
-    run = callback.guard.run_id if callback.guard is not None else None
     records = [json.loads(line) for line in pathlib.Path(log).read_text().splitlines()]
-    for record in (r for r in records if r["run_id"] == run):
+    for record in (r for r in records if r["run_id"] == "keras-swish-fixed"):
         if record["event"] == "gradcheck":
             print(
                 f"  step {record['step']:4d}  gradient check: "

@@ -103,8 +103,9 @@ def tiled(loss: ModelLoss, times: int = 2) -> dict[str, Any]:
         ({"every": 0}, "every"),
         ({"start": -1}, "start"),
         ({"max_checks": 0}, "max_checks"),
-        ({"on_failure": "explode"}, "on_failure"),
+        ({"on_failure": "explode"}, "on_failure must be one of 'stop', 'raise'"),
         ({"tensors_per_check": 0}, "tensors_per_check"),
+        ({"verbose": 2}, "verbose must be 0"),
         ({"eps": -1.0}, "eps"),
         ({"sample": 0, "directions": 0}, "nothing to check"),
         ({"seed": -1}, "seed"),
@@ -293,6 +294,29 @@ def test_a_failing_check_raises_stops_warns_or_logs(
     )
     assert model.stop_training is (on_failure == "stop")
     assert [r["passed"] for r in records(log)] == [False] * expected_checks
+    if on_failure == "stop":
+        assert str(warned[0].message).startswith("gradguard stopped training at step 0")
+
+
+def test_stop_is_the_default_failure_policy_of_every_front_door() -> None:
+    """The Keras callback, the Guard and gradguard.policy agree on the default: "stop"."""
+    assert GradCheckCallback((X, Y)).on_failure == gg.policy.DEFAULT_ON_FAILURE == "stop"
+    assert gg.Guard(lambda p: 0.0, X).on_failure == "stop"
+
+
+def test_verbose_prints_a_line_per_check_as_keras_callbacks_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """verbose=1: "Step s: gradient check passed, ..." per check and the switch-off;
+    verbose=0 (default) prints nothing."""
+    fit(mlp(), GradCheckCallback((X[:8], Y[:8]), every=2, max_checks=2, seed=0), epochs=2)
+    assert capsys.readouterr().out == ""
+    fit(mlp(), GradCheckCallback((X[:8], Y[:8]), every=2, max_checks=2, seed=0, verbose=1))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 2
+    assert lines[0].startswith("Step 0: gradient check passed, 4 variables, difference ")
+    assert lines[1].startswith("Step 2: gradient check passed")
+    assert lines[1].endswith("; 2 passing checks: GradCheckCallback switched off")
 
 
 # -- bad input ------------------------------------------------------------------------------------
@@ -328,6 +352,14 @@ def _nan_probe() -> tuple[keras.Model, GradCheckCallback]:
     return mlp(), GradCheckCallback((np.full((4, 5), np.nan, np.float32), Y[:4]))
 
 
+def _no_labels() -> tuple[keras.Model, GradCheckCallback]:
+    return mlp(), GradCheckCallback((X[:8],))
+
+
+def _unbatched_dataset() -> tuple[keras.Model, GradCheckCallback]:
+    return mlp(), GradCheckCallback(tf.data.Dataset.from_tensor_slices((X, Y)))
+
+
 @pytest.mark.parametrize(
     ("make", "error", "match"),
     [
@@ -337,8 +369,19 @@ def _nan_probe() -> tuple[keras.Model, GradCheckCallback]:
         (_not_a_batch, gg.SettingsError, r"probe must be \(x, y\)"),
         (_empty_dataset, gg.SettingsError, "probe dataset is empty"),
         (_nan_probe, gg.LossError, "not finite"),
+        (_no_labels, gg.SettingsError, r"the probe has no labels .*pass probe=\(x, y\)"),
+        (_unbatched_dataset, gg.SettingsError, r"single samples .*probe=dataset\.batch\(n\)"),
     ],
-    ids=["probe-shape", "no-loss", "frozen", "not-a-batch", "empty-dataset", "nan-loss"],
+    ids=[
+        "probe-shape",
+        "no-loss",
+        "frozen",
+        "not-a-batch",
+        "empty-dataset",
+        "nan-loss",
+        "no-labels",
+        "unbatched-dataset",
+    ],
 )
 def test_bad_input_is_refused_at_train_begin_before_any_step(
     make: Callable[[], tuple[keras.Model, GradCheckCallback]], error: type, match: str
@@ -352,6 +395,47 @@ def test_bad_input_is_refused_at_train_begin_before_any_step(
         fit(model, cb)
     assert steps_run(model) == 0
     assert tf_models.snapshot(model) == before
+
+
+def test_probe_errors_are_short_and_plain() -> None:
+    """An unbatched dataset's error has no colour codes and no sample values in it."""
+    model, cb = _unbatched_dataset()
+    with pytest.raises(gg.SettingsError) as caught:
+        fit(model, cb)
+    message = str(caught.value)
+    assert "\x1b[" not in message and "Arguments received" not in message
+    assert str(X[0][0])[:6] not in message and len(message) < 700
+
+
+class Subclassed(keras.Model):  # type: ignore[misc]
+    """The usual subclassed model: layers in __init__, call(), no build(), no Input."""
+
+    def __init__(self) -> None:
+        super().__init__(name="sub")
+        self.hidden = keras.layers.Dense(6, activation="tanh")
+        self.out = keras.layers.Dense(2)
+
+    def call(self, x: Any) -> Any:
+        return self.out(self.hidden(x))
+
+
+def test_a_subclassed_model_is_built_from_the_probe_and_trains_bit_identically() -> None:
+    """An unbuilt subclassed model is built from the probe's shapes (symbolically, as fit
+    builds it), checked, and trained to the same weights as without the callback."""
+
+    def train(callback: Any) -> list[np.ndarray]:
+        keras.utils.set_random_seed(3)
+        model = Subclassed()
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+        assert not model.built
+        fit(model, callback)
+        return [v.numpy() for v in model.variables]
+
+    cb = GradCheckCallback((X[:8], Y[:8]), every=2, max_checks=2, seed=0)
+    checked, plain = train(cb), train(None)
+    assert [r.passed for r in cb.reports] == [True, True]
+    assert len(cb.reports[0].params) == 4
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(checked, plain, strict=True))
 
 
 def test_an_uncompiled_model_is_refused_at_train_begin() -> None:

@@ -395,6 +395,7 @@ def test_bad_losses_are_refused_and_variables_left_untouched() -> None:
         (lambda m: m(X), r"shape \(8, 2\).*reduce it"),
         (lambda m: tf.reduce_sum(tf.cast(m(X) > 0, tf.int32)), "dtype int32"),
         (lambda m: None, "returned None"),
+        (lambda m: [tf.reduce_mean(m(X))], r"returned a list .*not \(loss, extras\)"),
     ]
     for loss, message in losses:
         with pytest.raises(errors.LossError, match=message):

@@ -568,6 +568,8 @@ def test_bad_losses_are_refused_and_params_left_unchanged(data: Any) -> None:
         ".item()",
     )
     _refused(model, lambda m: torch.tensor(3), loss_error, "int64")
+    # A list is never a loss, in any adapter (NumPy and TensorFlow refuse it the same way).
+    _refused(model, lambda m: [F.mse_loss(m(x.double()), y.double())], loss_error, "a list")
     _refused(
         model,
         lambda m: y.double().sum() + 0 * m(x.double()).detach().sum(),

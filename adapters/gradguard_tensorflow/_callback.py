@@ -11,6 +11,7 @@ switching off (with its ``guard_disabled`` record), ``GRADGUARD_DISABLE``, the l
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
 import keras  # type: ignore[import-untyped]  # Keras ships no type information
@@ -19,7 +20,8 @@ import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no t
 
 from gradguard.engine import Settings
 from gradguard.errors import GradGuardError, InvalidParamsError, LossError, SettingsError
-from gradguard.guard import ON_FAILURE, Guard, Schedule, disabled_by_environment
+from gradguard.guard import Guard, Schedule, disabled_by_environment
+from gradguard.policy import DEFAULT_ON_FAILURE, OnFailure, validate_on_failure
 from gradguard.results import CheckReport
 from gradguard_tensorflow._distribute import outside_strategy
 from gradguard_tensorflow._loss import ModelLoss, model_loss
@@ -27,8 +29,8 @@ from gradguard_tensorflow._options import Precision, TFParams
 
 __all__ = ["GradCheckCallback"]
 
-# The Guard's choices, and Keras' graceful stop (as EarlyStopping and TerminateOnNaN do).
-_ON_FAILURE: tuple[str, ...] = (*ON_FAILURE, "stop")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Keras colours its error messages
+_VALUES = re.compile(r"\[[-+\d.eE\s\[\],]{40,}\]")  # a printed array: a sample's values
 
 
 def _never_evaluated(params: Any) -> Any:
@@ -79,15 +81,17 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
         every: Check every this many training steps.
         start: The first global step checked.
         max_checks: Switch off after this many passing checks (``None``: never).
-        on_failure: What a failing check does: ``"raise"`` a
-            :class:`~gradguard.GradientCheckError` out of ``fit``; ``"warn"`` with a
-            :class:`~gradguard.GradientCheckWarning` holding the table and keep training;
-            ``"stop"``: warn, and set ``model.stop_training`` (``fit`` ends after the step
-            about to run); ``"log"``: only the log record. A check that cannot run always
-            raises its :class:`~gradguard.GradGuardError`.
+        on_failure: What a check that does not pass (failed, or inconclusive) does, as for
+            every front door: ``"stop"`` (default, as ``TerminateOnNaN``): a
+            :class:`~gradguard.GradientCheckWarning` with the table that says training stops,
+            and ``model.stop_training`` (``fit`` ends after the step about to run);
+            ``"raise"``: its :class:`~gradguard.GradientCheckError` out of ``fit``;
+            ``"warn"``: the warning, and training goes on; ``"log"``: only the log record.
+            A check that cannot run always raises its :class:`~gradguard.GradGuardError`.
         log_file: Append every check's record, and a ``guard_disabled`` record when the
             callback switches off, to this JSON-lines file (``source`` is ``"keras"``).
-        run_id: The id shared by the records of one ``fit`` (default: a fresh one per fit).
+        run_id: The id shared by the records of one ``fit``, as ``gradguard report`` shows
+            it (default: a fresh random one per fit).
         seed: Seed for the run's coordinate order and the checks' directions (default: a
             fresh one per fit, recorded in each report).
         training: The ``training`` flag of the checked forward passes. ``False`` (default):
@@ -102,6 +106,9 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
         sample: Coordinates per check: an int, ``"all"``, or ``None`` for the default.
         directions: Random directions per variable and check (default 2).
         tensors: Check only the variables with these names (Keras paths).
+        verbose: Verbosity mode, 0 or 1, as for Keras' own callbacks. 0 is silent (a check
+            that does not pass still warns); 1 prints a line per check, and one when the
+            callback switches itself off.
 
     Raises:
         SettingsError: an option is out of range (here, not in ``fit``).
@@ -114,7 +121,7 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
         every: int = 100,
         start: int = 0,
         max_checks: int | None = 3,
-        on_failure: Literal["raise", "warn", "stop", "log"] = "raise",
+        on_failure: OnFailure = DEFAULT_ON_FAILURE,
         log_file: str | os.PathLike[str] | None = None,
         run_id: str | None = None,
         seed: int | None = None,
@@ -126,10 +133,14 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
         sample: int | Literal["all"] | None = None,
         directions: int | None = None,
         tensors: list[str] | tuple[str, ...] | None = None,
+        verbose: int = 0,
     ) -> None:
         super().__init__()
-        if on_failure not in _ON_FAILURE:
-            raise SettingsError(f"on_failure must be one of {_ON_FAILURE}, got {on_failure!r}")
+        validate_on_failure(on_failure)
+        if verbose not in (0, 1):  # True and False too
+            raise SettingsError(
+                f"verbose must be 0 (silent) or 1 (a line per check), got {verbose!r}"
+            )
         if tensors_per_check is not None and (
             isinstance(tensors_per_check, bool)
             or not isinstance(tensors_per_check, int)
@@ -156,6 +167,7 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
         self.seed = seed
         self.training = bool(training)
         self.tensors_per_check = tensors_per_check
+        self.verbose = int(verbose)
         self._first_batch: tuple[Any, Any, Any] | None = None
         # The loss of the last fit, with its traced functions, and the compiled loss (of
         # its model) that it was traced with.
@@ -222,7 +234,7 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
             every=self.schedule.every,
             start=self.schedule.start,
             max_checks=self.schedule.max_checks,
-            on_failure="warn" if self.on_failure == "stop" else self.on_failure,
+            on_failure=self.on_failure,
             log_file=self.log_file,
             run_id=self.run_id,
             seed=self.seed,
@@ -248,9 +260,31 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
             return
         if guard.active:  # not switched off through the guard, cb.guard.disable()
             report = outside_strategy(lambda: guard.check(step))
-            if not report.passed and self.on_failure == "stop":
+            if guard.should_stop:
                 self.model.stop_training = True
+            if self.verbose:
+                self._print(step, report)
         self._checking = guard.active
+
+    def _print(self, step: int, report: CheckReport) -> None:
+        """A line per check, as Keras' own callbacks print theirs (``verbose=1``)."""
+        count = len(report.params)
+        if report.passed:
+            what = (
+                f"gradient check passed, {count} variable{'s' if count != 1 else ''}, "
+                f"difference {report.difference:.1e} (tolerance {report.tolerance:.0e})"
+            )
+        else:
+            what = f"gradient check {report.status.value.upper()}: " + ", ".join(
+                report.failed or report.inconclusive or report.names
+            )
+        what += f", {report.duration_s:.2f} s"
+        guard = self._guard
+        if guard is not None and not guard.active:
+            what += f"; {guard.schedule.max_checks} passing checks: GradCheckCallback switched off"
+        elif guard is not None and guard.should_stop:
+            what += "; stopping training"
+        print(f"\nStep {step}: {what}")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         """Carry the global step count over to the next epoch (Keras restarts ``batch``)."""
@@ -312,11 +346,8 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
                 f"model {name!r} is not compiled: compile it with a loss "
                 "(model.compile(optimizer, loss=...)) before fitting it with GradCheckCallback"
             )
-        if not model.built:
-            raise InvalidParamsError(
-                f"model {name!r} is not built, so it has no variables to check yet: build it "
-                "(call it once on a batch, or give it a keras.Input) before training"
-            )
+        if not model.built:  # a subclassed model: fit would build it at the first step
+            _build_from(model, self._probe_batch()[0])
         if not model.trainable_variables:
             raise InvalidParamsError(
                 f"model {name!r} has no trainable variables (all its layers are frozen, or it "
@@ -340,8 +371,8 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
         except Exception as exc:
             raise SettingsError(
                 f"the probe batch does not fit model {name!r}, or its loss cannot be computed "
-                f"on it (x shapes {_shapes(x)}, y shapes {_shapes(y)}): {_one_line(exc)}; pass "
-                "a probe shaped like a training batch"
+                f"on it (x shapes {_shapes(x)}, y shapes {_shapes(y)}): {_one_line(exc)}; "
+                + self._probe_advice(y)
             ) from exc
         if not np.isfinite(value):
             raise LossError(
@@ -349,6 +380,67 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
                 "the probe's values and the model's weights before training"
             )
         return loss
+
+    def _probe_advice(self, y: Any) -> str:
+        """What to do about a probe the model's loss failed on, from what the probe lacks."""
+        if isinstance(self.probe, tf.data.Dataset) and _looks_unbatched(self.probe):
+            return (
+                "the probe dataset gives single samples (its elements have no batch "
+                "dimension): pass a batched dataset, probe=dataset.batch(n), as fit takes them"
+            )
+        if y is None:
+            return (
+                "the probe has no labels (probe=(x,)) and the model's loss needs them: pass "
+                "probe=(x, y), or (x, y, sample_weight)"
+            )
+        return "pass a probe shaped like a training batch"
+
+
+def _looks_unbatched(dataset: Any) -> bool:
+    """Whether the dataset's elements have no batch dimension: ``.batch(n)`` gives every
+    component a leading ``None`` (``drop_remainder=True`` a known size, not told apart)."""
+    specs = tf.nest.flatten(dataset.element_spec)
+    shapes: list[Any] = [spec.shape for spec in specs if hasattr(spec, "shape")]
+    if not shapes or len(shapes) != len(specs) or any(s.rank is None for s in shapes):
+        return False
+    return not any(s.rank > 0 and s[0] is None for s in shapes)
+
+
+def _build_from(model: Any, x: Any) -> None:
+    """Build an unbuilt model's variables from the probe's shapes, as ``fit`` builds it.
+
+    The model is called on symbolic tensors shaped like the probe's ``x``: Keras creates the
+    variables without computing anything, exactly as the first training step would.
+
+    Raises:
+        InvalidParamsError: the model cannot be built from the probe.
+    """
+    try:
+        symbolic = tf.nest.map_structure(
+            lambda t: keras.KerasTensor(
+                tuple(np.shape(t)), dtype=keras.backend.standardize_dtype(_dtype_of(t))
+            ),
+            x,
+        )
+        model(symbolic, training=False)
+    except Exception as exc:
+        raise InvalidParamsError(
+            f"model {model.name!r} is not built, and building it from the probe batch (x "
+            f"shapes {_shapes(x)}) failed: {_one_line(exc)}; pass a probe shaped like a "
+            "training batch, or build the model before fit (model.build(input_shape), or "
+            "call it once on a batch)"
+        ) from exc
+    if not model.built:
+        raise InvalidParamsError(
+            f"model {model.name!r} is not built after a call on the probe batch's shapes "
+            f"({_shapes(x)}); build it before fit (model.build(input_shape), or call it once "
+            "on a batch)"
+        )
+
+
+def _dtype_of(value: Any) -> Any:
+    dtype = getattr(value, "dtype", None)
+    return dtype if dtype is not None else np.asarray(value).dtype
 
 
 def _evaluate_once(loss: ModelLoss) -> float:
@@ -367,5 +459,9 @@ def _evaluate_once(loss: ModelLoss) -> float:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= 400 else text[:397] + "..."
+    """The error on one line, short: no colour codes, no Keras argument dump (which can
+    print a whole sample)."""
+    text = _ANSI.sub("", f"{type(exc).__name__}: {exc}")
+    text = _VALUES.sub("[...]", text.split("Arguments received by", 1)[0])
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
