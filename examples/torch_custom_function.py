@@ -130,7 +130,7 @@ def train_with_guard(x: torch.Tensor, y: torch.Tensor, log_file: str | None) -> 
             probe_loss, net, every=25, max_checks=2, log_file=log_file, run_id=run_id, seed=3
         )
         steps = 200
-        for step in range(steps):
+        for _ in range(steps):
             batch = torch.randint(0, len(x), (16,))
             optimizer.zero_grad()
             F.mse_loss(net(x[batch]), y[batch]).backward()
@@ -140,7 +140,10 @@ def train_with_guard(x: torch.Tensor, y: torch.Tensor, log_file: str | None) -> 
                 break
         if guard.should_stop:
             failed = ", ".join(guard.reports[-1].failed)
-            print(f"  {label}: training stopped at step {step}: gradient check failed on {failed}")
+            stopped = guard.steps - 1  # the step whose check failed
+            print(
+                f"  {label}: training stopped at step {stopped}: gradient check failed on {failed}"
+            )
             continue
         checks = len(guard.reports)
         print(
