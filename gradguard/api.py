@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from collections.abc import Callable
 from typing import Any, Literal
+
+import attrs
 
 from gradguard.context import CheckContext
 from gradguard.coverage import Coverage
@@ -144,6 +147,12 @@ def run_one(
     """One check with validated settings, reported to the plugins: what every front door calls."""
     check_loss_callable(loss)
     adapter = find_adapter(params)
+    # A model sharded over processes is checked by every rank at once: the ranks must draw
+    # the same coordinates and directions, so they agree on one seed (collective; else None).
+    seed = settings.seed if settings.seed is not None else secrets.randbits(32)
+    agreed = get_plugin_manager().hook.gradguard_collective_seed(params=params, seed=seed)
+    if agreed is not None:
+        settings = attrs.evolve(settings, seed=int(agreed))
     with adapter.open(params, loss, grad) as view:
         report = run_check(view, settings, coverage)
     notify(report, context)

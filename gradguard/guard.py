@@ -108,7 +108,8 @@ class Guard:
             random, recorded in each report).
         tensors_per_check: Check only this many tensors per check, rotating over them.
         ranks: In a distributed run, the process ranks that check (default: rank 0 only);
-            ``"all"`` for every rank.
+            ``"all"`` for every rank. A sharded model (DTensor parameters: FSDP2, tensor
+            parallel) is always checked on every rank, collectively, whatever ``ranks`` says.
         source: The front door named in the records (a callback built on a guard sets its
             own, e.g. ``"lightning"``).
         **check_options: ``eps``, ``tolerance``, ``sample``, ``directions``, ``tensors``,
@@ -286,6 +287,9 @@ class Guard:
                 (:class:`~gradguard.InconclusiveCheckError` when it could not judge).
             GradGuardError: the check could not run (bad input): always raised.
         """
+        if not self._rank_checked:  # check() called directly, before any step()
+            self._rank_checked = True
+            self._rank_selected()  # for a sharded model: agrees the seed across ranks
         index = self._checks
         window = None
         if self.tensors_per_check is not None:
@@ -307,7 +311,16 @@ class Guard:
         return report
 
     def _rank_selected(self) -> bool:
+        manager = get_plugin_manager()
+        agreed = manager.hook.gradguard_collective_seed(params=self.params, seed=self.seed)
+        if agreed is not None:
+            # A sharded model: every rank checks (a check is a collective forward), with one
+            # seed, so the run's coordinate order is the same on every rank too. The reports'
+            # notes say the check was collective.
+            self.seed = int(agreed)
+            self._coverage = Coverage(self.seed)
+            return True
         if self.ranks == "all":
             return True
-        rank = get_plugin_manager().hook.gradguard_distributed_rank(params=self.params)
+        rank = manager.hook.gradguard_distributed_rank(params=self.params)
         return (0 if rank is None else int(rank)) in self.ranks

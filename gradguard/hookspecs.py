@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "gradguard_adapter_claim",
     "gradguard_check_completed",
+    "gradguard_collective_seed",
     "gradguard_distributed_rank",
     "gradguard_lifecycle_event",
     "hookspec",
@@ -82,4 +83,22 @@ def gradguard_distributed_rank(params: object) -> int | None:
 
     Args:
         params: The parameters the front door checks.
+    """
+
+
+@hookspec(firstresult=True)
+def gradguard_collective_seed(params: object, seed: int) -> int | None:
+    """For params that every rank checks together (a sharded model): the seed all ranks use.
+
+    First result wins. ``None`` means ``params`` is checked by each process on its own (the
+    usual case). A model sharded over processes (PyTorch FSDP2 or tensor parallel: DTensor
+    parameters) is checked collectively: every rank calls the check, and the random choices
+    must agree, so an adapter answers with one rank's seed (rank 0's), broadcast. The call is
+    then itself collective. ``gradguard.check`` asks before every check; a training-loop
+    front door asks at its first step and, when the answer is not ``None``, checks on every
+    rank instead of its default ranks (rank 0 only would deadlock the collective forward).
+
+    Args:
+        params: The parameters about to be checked.
+        seed: This process's seed (drawn at random when the user gave none).
     """

@@ -10,7 +10,9 @@ A float32 model is evaluated in a float64 shadow copy; see ``docs/pytorch.md``.
 
 It also answers ``gradguard_distributed_rank`` for torch params (the rank in the default
 ``torch.distributed`` process group, when one is initialized), so that a training-loop guard
-checks on rank 0 only.
+checks on rank 0 only; and ``gradguard_collective_seed`` for a module whose parameters are
+DTensors (FSDP2, tensor parallel): such a model is checked collectively, on every rank, with
+rank 0's seed (``gradguard_torch._sharded``, ``docs/distributed.md``).
 
 Importing this module does not import torch: a user who holds a torch object has torch in
 ``sys.modules`` already, and the claim hook looks there first (the einops pattern). The
@@ -32,6 +34,7 @@ __all__ = [
     "TorchAdapter",
     "TorchView",
     "gradguard_adapter_claim",
+    "gradguard_collective_seed",
     "gradguard_distributed_rank",
     "holds_torch",
 ]
@@ -108,3 +111,17 @@ def gradguard_distributed_rank(params: object) -> int | None:
     if distributed is None or not distributed.is_available() or not distributed.is_initialized():
         return None
     return int(distributed.get_rank())
+
+
+@hookimpl(trylast=True)
+def gradguard_collective_seed(params: object, seed: int) -> int | None:
+    """Rank 0's seed, broadcast, for a module with DTensor parameters; else ``None``.
+
+    Collective for such a module (every rank must call it); never imports torch.distributed
+    otherwise: a model holding DTensors has imported ``torch.distributed.tensor`` already.
+    """
+    if "torch.distributed.tensor" not in sys.modules or not holds_torch(params):
+        return None
+    from gradguard_torch._sharded import agree_seed
+
+    return agree_seed(params, seed)

@@ -806,4 +806,9 @@ class TorchAdapter(Adapter):
         self.shadow = shadow
 
     def open(self, params: Any, loss: Callable[..., Any], grad: Any) -> FlatView:
+        from gradguard_torch import _sharded  # imports _adapter: loaded on first use
+
+        if _sharded.is_sharded(params):  # FSDP2 / tensor parallel: a collective check
+            return _sharded.ShardedView(params, loss, grad)
+        _sharded.refuse_sharded_tree(params)
         return TorchView(params, loss, grad, shadow=self.shadow)

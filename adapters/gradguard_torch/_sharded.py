@@ -1,0 +1,585 @@
+"""Sharded models (FSDP2, tensor parallel): parameters that are DTensors, checked collectively.
+
+No process holds such a model, so every rank takes part in the check, and every rank must
+call it (``gradguard.check`` is then a collective call, like a training step):
+
+* **Agreed choices.** The seed is rank 0's, broadcast (front doors ask the
+  ``gradguard_collective_seed`` hook before a check), so every rank draws the same coordinates
+  and directions. The view presents the *unsharded* layout (global shapes, the names of
+  ``named_parameters()``), so the engine generates each direction by global element index:
+  the same check on 1, 2 or 4 ranks, or on the unsharded model, probes the same directions.
+* **Writes by owners only.** Each rank writes a perturbation only into the elements its local
+  shard holds (``p.to_local()``, under ``no_grad``), found through a map from local to global
+  element index computed once with DTensor's own sharding (``distribute_tensor`` of the element
+  indices, so ``_StridedShard`` on a 2-D mesh is handled). Replicated elements are written
+  by every rank that holds them.
+* **Collective evaluations.** Every rank evaluates the loss for every probe (the model's own
+  collectives run inside its forward); then one small all-gather agrees the loss value (the mean
+  over ranks, exactly the value when all ranks agree) and tells every rank whether a rank's loss
+  raised. A failure on any rank becomes the same :class:`ShardedLossError`, naming the rank, on
+  every rank.
+* **The gradient under test is the model's own**: ``loss.backward()`` fills ``p.grad`` as in
+  training (FSDP2 reduce-scatters and averages), the shards are gathered, and every ``.grad`` is
+  put back as it was.
+* **Exact restoration** is local: each rank writes its saved shards, buffers, ``.grad`` fields
+  and RNG states back, with no collective, so it happens even when a collective failed.
+
+``docs/distributed.md`` has the measurements behind these choices.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.distributed as dist
+
+from gradguard.engine.layout import Layout
+from gradguard.errors import GradientError, InvalidParamsError, LossError
+from gradguard.kit.contract import FlatView, IndexArray
+from gradguard_torch._adapter import (
+    _LOSS_DTYPES,
+    _NO_DEPENDENCE,
+    _NUMPY_DTYPES,
+    _Buffers,
+    _check_tensor,
+    _Grads,
+    _least_precise,
+    _module_entries,
+    _RngState,
+    unwrap_module,
+)
+from gradguard_torch._compat import default_store
+from gradguard_torch._tf32 import Tf32Switch
+
+__all__ = [
+    "ShardedLossError",
+    "ShardedView",
+    "agree_seed",
+    "is_sharded",
+    "refuse_sharded_tree",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+# The most probed coordinates whose owning ranks a report lists (a check probes ~8-40).
+_MAX_OWNERS = 64
+_STORE_PREFIX = "gradguard/sharded-failure"
+
+
+class ShardedLossError(LossError):
+    """A rank's loss (or its part of a collective) failed during a collective check.
+
+    Raised on every rank with the same message, after every rank restored its parameters.
+
+    Attributes:
+        ranks: The ranks whose evaluation failed, the first to fail first.
+    """
+
+    def __init__(self, message: str, ranks: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.ranks = ranks
+
+
+def _dtensor_type() -> type | None:
+    """DTensor, if ``torch.distributed.tensor`` was imported (a model holding one imported it)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None) if module is not None else None
+
+
+def is_sharded(params: object) -> bool:
+    """Whether ``params`` is a module with at least one DTensor parameter (FSDP2, TP)."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(params, torch.nn.Module):
+        return False
+    return any(isinstance(p, dtensor) for p in unwrap_module(params).parameters())
+
+
+def refuse_sharded_tree(params: object) -> None:
+    """Refuse DTensors given loose (not in their module), naming the fix.
+
+    Raises:
+        InvalidParamsError: ``params`` is a container holding a DTensor.
+    """
+    dtensor = _dtensor_type()
+    if dtensor is None or isinstance(params, torch.nn.Module):
+        return
+    stack = [params]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple):
+            stack.extend(obj)
+        elif isinstance(obj, dtensor):
+            raise InvalidParamsError(
+                "params holds a DTensor (a shard of a parameter of an FSDP2 or tensor-parallel "
+                "model); pass the sharded module itself, gradguard.check(loss, model), and call "
+                "the check on every rank"
+            )
+
+
+# -- the coordination group --------------------------------------------------------------------
+
+_GROUP: tuple[object, dist.ProcessGroup] | None = None
+
+
+def _coordination_group() -> dist.ProcessGroup:
+    """gradguard's own gloo group over every rank, created once per default process group.
+
+    The model's collectives run on its meshes' groups (NCCL on GPUs); agreement on loss values
+    and failures runs on this separate CPU group, with the default group's timeout, so that a
+    rank that failed in its loss never pairs its message with a collective of the model.
+    Creating it is itself collective: the first sharded check does it on every rank.
+    """
+    global _GROUP
+    world = dist.group.WORLD
+    if _GROUP is not None and _GROUP[0] is world:
+        return _GROUP[1]
+    group = dist.new_group(backend="gloo", timeout=default_store().timeout)
+    assert group is not None  # every rank is a member
+    _GROUP = (world, group)
+    return group
+
+
+def _require_process_group(module: torch.nn.Module) -> None:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise InvalidParamsError(
+            f"the {type(module).__name__} has DTensor parameters (FSDP2 or tensor parallel) but "
+            "no torch.distributed process group is initialized; check it inside the distributed "
+            "run that built it, calling gradguard.check on every rank"
+        )
+
+
+def _broadcast_int(value: int, group: dist.ProcessGroup) -> int:
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.broadcast(tensor, group_src=0, group=group)
+    return int(tensor.item())
+
+
+def agree_seed(params: object, seed: int) -> int | None:
+    """Rank 0's seed on every rank, for a sharded module; ``None`` for anything else.
+
+    Collective for a sharded module: every rank must call it.
+    """
+    if not is_sharded(params):
+        return None
+    assert isinstance(params, torch.nn.Module)
+    _require_process_group(params)
+    return _broadcast_int(int(seed) % 2**63, _coordination_group())
+
+
+# -- one checked tensor ------------------------------------------------------------------------
+
+
+class _ShardSlot:
+    """One checked parameter: its unsharded values, and where its local shard sits in them."""
+
+    def __init__(self, name: str, param: torch.Tensor, dtensor: type | None) -> None:
+        self.name = name
+        self.param = param
+        self.shape = tuple(param.shape)
+        self.np_dtype = _NUMPY_DTYPES[param.dtype]
+        self.exact = self.np_dtype == np.float64
+        self.sharded = dtensor is not None and isinstance(param, dtensor)
+        with torch.no_grad():
+            if self.sharded:
+                from torch.distributed.tensor import distribute_tensor
+
+                local = param.to_local()  # type: ignore[attr-defined]
+                full = param.full_tensor()  # type: ignore[attr-defined]
+                mesh, placements = param.device_mesh, param.placements  # type: ignore[attr-defined]
+                ids = torch.arange(param.numel(), dtype=torch.int64, device=local.device)
+                ids = distribute_tensor(ids.reshape(self.shape), mesh, placements).to_local()
+                self.placements = f"{tuple(placements)} on mesh {tuple(mesh.shape)}"
+                index = ids.reshape(-1).cpu().numpy().astype(np.intp)
+                self.index: IndexArray | None = index
+            else:  # a plain parameter of a sharded model: replicated, every rank writes it
+                local = param
+                full = param.detach()
+                self.placements = "replicated (not a DTensor)"
+                self.index = None
+        self.data = local.data  # writes bypass autograd's version counter
+        if not self.data.is_contiguous():
+            raise InvalidParamsError(
+                f"parameter {name!r}: its local shard is not contiguous "
+                f"({self.placements}); gradguard writes shards through a flat view"
+            )
+        self.flat = self.data.view(-1)
+        self.saved = self.data.clone()
+        self.saved_flat = self.saved.view(-1)
+        original = full.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy().copy()
+        original.flags.writeable = False
+        self.original: FloatArray = original
+        if self.index is not None:
+            # The map must reproduce the local shard from the unsharded values exactly.
+            mine = original[self.index]
+            here = self.saved_flat.detach().to(device="cpu", dtype=torch.float64).numpy()
+            if not np.array_equal(mine, here):
+                raise InvalidParamsError(
+                    f"parameter {name!r} ({self.placements}): gradguard cannot map its local "
+                    "shard to global element indices for these placements; please report it"
+                )
+            order = np.argsort(self.index, kind="stable")
+            self._sorted = self.index[order]
+            self._order = order.astype(np.intp)
+
+    def position(self, global_index: int) -> int | None:
+        """Where element ``global_index`` sits in this rank's shard, or ``None`` if elsewhere."""
+        if self.index is None:
+            return global_index
+        k = int(np.searchsorted(self._sorted, global_index))
+        if k < self._sorted.size and int(self._sorted[k]) == global_index:
+            return int(self._order[k])
+        return None
+
+    def write(self, index: IndexArray | None, stored: npt.NDArray[Any]) -> None:
+        """Write ``stored`` (already in the tensor's dtype) at global positions, own shard only."""
+        if index is None:
+            local = stored if self.index is None else stored[self.index]
+            source = torch.from_numpy(np.ascontiguousarray(local)).to(self.data.device)
+            self.flat.copy_(source)
+            return
+        for i, value in zip(index, stored, strict=True):
+            pos = self.position(int(i))
+            if pos is not None:
+                self.flat[pos] = float(value)
+
+    def reset(self, index: IndexArray | None) -> None:
+        if index is None:
+            self.data.copy_(self.saved)
+            return
+        for i in index:
+            pos = self.position(int(i))
+            if pos is not None:
+                self.flat[pos] = self.saved_flat[pos]
+
+    def restore(self) -> None:
+        self.data.copy_(self.saved)
+
+
+# -- the view ----------------------------------------------------------------------------------
+
+
+class ShardedView(FlatView):
+    """A collective flat view over a module whose parameters are DTensors.
+
+    Opening it is collective (the unsharded values are gathered); so is every evaluation.
+    """
+
+    adapter = "torch"
+
+    def __init__(self, module: torch.nn.Module, loss: Callable[..., Any], grad: Any) -> None:
+        module = unwrap_module(module)
+        if grad is not None:
+            raise GradientError(
+                "a sharded model's gradient under test is its own (loss.backward() fills the "
+                "sharded .grad fields as in training); pass grad=None"
+            )
+        _require_process_group(module)
+        self._module = module
+        self._loss = loss
+        self._group = _coordination_group()
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        entries = _module_entries(module)
+        for name, tensor in entries:
+            _check_tensor(name, tensor, tree=False)
+        dtensor = _dtensor_type()
+        # Rank 0's id names this check's failure messages in the store on every rank.
+        self._check_id = _broadcast_int(secrets.randbits(62), self._group)
+        self._slots = [_ShardSlot(name, p, dtensor) for name, p in entries]
+        self.layout = Layout.from_tensors(
+            [(slot.name, slot.shape, slot.np_dtype) for slot in self._slots]
+        )
+        self._buffers = _Buffers(module)
+        self._rng = _RngState()
+        self._grads = _Grads(list(module.parameters()))
+        self._grad_enabled = torch.is_grad_enabled()
+        self._loss_dtype: np.dtype[Any] = _least_precise(*(s.np_dtype for s in self._slots))
+        self._seen_loss_dtype: torch.dtype | None = None
+        self._first = True
+        self._gradient: FloatArray | None = None
+        self._probed: dict[tuple[int, int], bool] = {}  # (segment, element) -> this rank owns it
+        self._owners: str | None = None
+        self._notes: dict[str, str | int | float | bool | None] = {
+            "evaluation": (
+                f"collective over {self.world} ranks, in place, in the parameters' dtype "
+                "(DTensor parameters: every rank checks; no float64 shadow of a sharded model)"
+            ),
+            "sharding": "; ".join(f"{s.name}: {s.placements}" for s in self._slots),
+        }
+        self._tf32: Tf32Switch | None = None
+        device = self._slots[0].data.device
+        if device.type == "cuda":
+            self._tf32 = Tf32Switch.off()
+            self._notes["tf32"] = "disabled during the check"
+
+    # -- agreement across ranks ----------------------------------------------------------------
+
+    def _store_key(self, rank: int) -> str:
+        return f"{_STORE_PREFIX}/{self._check_id}/{rank}"
+
+    def _post(self, failure: BaseException) -> None:
+        """Leave this rank's failure in the store, for ranks blocked in the model's collectives."""
+        message = f"{time.time():.6f}|{type(failure).__name__}: {failure}"
+        try:
+            default_store().set(self._store_key(self.rank), message)
+        except Exception:  # the store is gone too: the all-gather below still tells the others
+            pass
+
+    def _posted(self, ranks: range | list[int]) -> list[tuple[float, int, str]]:
+        """The failures other ranks left in the store, earliest first."""
+        store = default_store()
+        found = []
+        for rank in ranks:
+            key = self._store_key(rank)
+            try:
+                if not store.check([key]):
+                    continue
+                stamp, _, message = store.get(key).decode().partition("|")
+                found.append((float(stamp), rank, message))
+            except Exception:  # an unreachable store: name what this rank knows
+                continue
+        return sorted(found)
+
+    def _agree(self, value: float | None, failure: BaseException | None) -> float:
+        """Every rank's value and failure flag, exchanged; the agreed value, or the error."""
+        if failure is not None:
+            self._post(failure)
+        mine = torch.tensor(
+            [math.nan if value is None else value, 0.0 if failure is None else 1.0],
+            dtype=torch.float64,
+        )
+        table = [torch.empty(2, dtype=torch.float64) for _ in range(self.world)]
+        try:
+            dist.all_gather(table, mine, group=self._group)
+        except Exception as exc:  # a rank left, or the group timed out waiting for one
+            raise self._error(self._posted(range(self.world)), exc) from (failure or exc)
+        rows = torch.stack(table).numpy()
+        failed = [int(r) for r in np.flatnonzero(rows[:, 1] > 0.0)]
+        if failed:
+            raise self._error(self._posted(failed), None) from failure
+        values = rows[:, 0]
+        if bool(np.all(values == values[0])):
+            return float(values[0])
+        return float(np.mean(values))  # different data per rank: the loss training averages
+
+    def _error(
+        self, posted: list[tuple[float, int, str]], collective: BaseException | None
+    ) -> ShardedLossError:
+        if not posted:
+            assert collective is not None
+            return ShardedLossError(
+                f"the collective check failed on rank {self.rank} of {self.world}: "
+                f"{type(collective).__name__}: {collective}; no rank reported a failure of its "
+                "loss (did every rank call the check, with the same model?). Parameters were "
+                "restored on this rank",
+                (self.rank,),
+            )
+        first_rank, first = posted[0][1], posted[0][2]
+        others = "".join(f"; then rank {rank}: {message}" for _, rank, message in posted[1:])
+        return ShardedLossError(
+            f"the loss raised on rank {first_rank} of {self.world} during a collective gradient "
+            f"check: {first}{others}. Every rank stopped the check and restored its parameters; "
+            f"fix the loss on rank {first_rank} (its data, its shapes) and check again",
+            tuple(rank for _, rank, _ in posted),
+        )
+
+    # -- evaluations ---------------------------------------------------------------------------
+
+    def _call(self, *, grad_enabled: bool) -> torch.Tensor:
+        self._rng.replay()
+        self._buffers.replay()
+        with torch.set_grad_enabled(grad_enabled):
+            value = self._loss(self._module)
+        self._buffers.watch()
+        return self._loss_tensor(value)
+
+    def _loss_tensor(self, value: Any) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor):
+            raise LossError(
+                f"the loss returned a {type(value).__name__}, not a tensor; a sharded model is "
+                "differentiated with loss.backward(), so return the tensor itself"
+            )
+        dtensor = _dtensor_type()
+        if dtensor is not None and isinstance(value, dtensor):
+            value = value.full_tensor()  # type: ignore[attr-defined]
+        if value.numel() != 1 or value.dtype not in _LOSS_DTYPES:
+            raise LossError(
+                f"the loss returned a tensor of shape {tuple(value.shape)} and dtype "
+                f"{value.dtype}; it must return a one-element floating tensor (reduce it)"
+            )
+        if value.dtype is not self._seen_loss_dtype:
+            self._seen_loss_dtype = value.dtype
+            self._loss_dtype = _least_precise(self._loss_dtype, _LOSS_DTYPES[value.dtype])
+        return value
+
+    def evaluate(self) -> float:
+        if self._first:
+            return self._first_evaluation()
+        value: float | None = None
+        failure: Exception | None = None
+        try:
+            value = float(self._call(grad_enabled=False).item())
+        except Exception as exc:
+            failure = exc
+        return self._agree(value, failure)
+
+    def _first_evaluation(self) -> float:
+        """The loss at the unperturbed point, then the model's own gradient (``.grad``)."""
+        self._first = False
+        loss: torch.Tensor | None = None
+        value: float | None = None
+        failure: Exception | None = None
+        for parameter in self._module.parameters():
+            parameter.grad = None  # FSDP2 would accumulate into a gradient left from training
+        try:
+            with torch.enable_grad():
+                loss = self._call(grad_enabled=True)
+                value = float(loss.item())
+        except Exception as exc:
+            failure = exc
+        agreed = self._agree(value, failure)
+        if not math.isfinite(agreed):
+            return agreed  # the engine reports the loss, on every rank alike
+        assert loss is not None
+        try:
+            if not loss.requires_grad:
+                raise LossError(_NO_DEPENDENCE)
+            with torch.enable_grad():
+                loss.reshape(()).backward()
+        except Exception as exc:
+            failure = exc
+        self._agree(0.0, failure)
+        self._gradient = self._gather_gradient()
+        self._grads.restore()
+        return agreed
+
+    def _gather_gradient(self) -> FloatArray:
+        flat = np.zeros(self.layout.size, dtype=np.float64)
+        dtensor = _dtensor_type()
+        missing = []
+        for segment, slot in zip(self.layout, self._slots, strict=True):
+            grad = slot.param.grad
+            if grad is None:
+                missing.append(slot.name)
+                continue
+            if dtensor is not None and isinstance(grad, dtensor):
+                full = grad.full_tensor()  # type: ignore[attr-defined]
+            else:  # a replicated parameter: the mean over ranks, as for the loss
+                full = grad.detach().to(device="cpu", dtype=torch.float64).clone()
+                dist.all_reduce(full, group=self._group)
+                full /= self.world
+            flat[segment.offset : segment.stop] = (
+                full.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
+            )
+        if missing:
+            self._notes["no_gradient"] = ", ".join(missing)
+        if not np.all(np.isfinite(flat)):
+            raise GradientError(
+                "the sharded gradient holds non-finite values; fix the backward pass (a "
+                "division by zero, a log of 0, an overflow?)"
+            )
+        return flat
+
+    # -- FlatView ------------------------------------------------------------------------------
+
+    def original(self, segment: int) -> FloatArray:
+        return self._slots[segment].original
+
+    def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
+        slot = self._slots[segment]
+        stored = values if slot.exact else values.astype(slot.np_dtype)
+        with torch.no_grad():
+            slot.write(index, stored)
+        if index is not None:
+            for i in index:
+                self._probed[(segment, int(i))] = slot.position(int(i)) is not None
+        return values if slot.exact else stored.astype(np.float64)
+
+    def reset(self, segment: int, index: IndexArray | None) -> None:
+        with torch.no_grad():
+            self._slots[segment].reset(index)
+
+    def write_element(self, segment: int, local: int, value: float) -> float:
+        slot = self._slots[segment]
+        stored = value if slot.exact else float(slot.np_dtype.type(value))
+        pos = slot.position(local)
+        self._probed[(segment, local)] = pos is not None
+        if pos is not None:
+            with torch.no_grad():
+                slot.flat[pos] = stored
+        return stored
+
+    def reset_element(self, segment: int, local: int) -> None:
+        slot = self._slots[segment]
+        pos = slot.position(local)
+        if pos is not None:
+            with torch.no_grad():
+                slot.flat[pos] = slot.saved_flat[pos]
+
+    @property
+    def loss_dtype(self) -> np.dtype[Any]:
+        return self._loss_dtype
+
+    def gradient(self) -> FloatArray:
+        if self._gradient is None:
+            raise GradientError("the gradient could not be computed: the loss is not finite")
+        return self._gradient
+
+    @property
+    def notes(self) -> dict[str, str | int | float | bool | None]:
+        """The view's notes, with the owning ranks of the probed elements.
+
+        Collective the first time (one all-gather): the engine reads the notes once, at the end
+        of a check, on every rank alike.
+        """
+        if self._owners is None:
+            self._owners = self._owner_note()
+        notes = dict(self._notes)
+        notes["owners"] = self._owners
+        return notes
+
+    def _owner_note(self) -> str:
+        probed = sorted(self._probed)[:_MAX_OWNERS]
+        mine = [key for key in probed if self._probed[key]]
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, mine, group=self._group)
+        owners: dict[tuple[int, int], list[int]] = {}
+        for rank, keys in enumerate(gathered):
+            for key in keys:
+                owners.setdefault(tuple(key), []).append(rank)
+        parts = []
+        for key in probed:
+            segment = self.layout[key[0]]
+            where = "[" + ", ".join(str(i) for i in segment.unravel(key[1])) + "]"
+            ranks = owners.get(key, [])
+            who = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ",".join(map(str, ranks))
+            parts.append(f"{segment.name}{where}: {who}")
+        more = len(self._probed) - len(probed)
+        return "; ".join(parts) + (f"; ... ({more} more)" if more > 0 else "")
+
+    def restore(self) -> None:
+        """Local shards, buffers, ``.grad`` fields, RNG states and TF32 back, on this rank only."""
+        steps: list[Callable[[], None]] = [slot.restore for slot in self._slots]
+        steps += [self._buffers.restore, self._grads.restore, self._rng.replay]
+        if self._tf32 is not None:
+            steps.append(self._tf32.restore)
+        failure: BaseException | None = None
+        with torch.no_grad():
+            for step in steps:
+                try:
+                    step()
+                except BaseException as exc:  # keep restoring the rest, then re-raise
+                    failure = failure or exc
+        torch.set_grad_enabled(self._grad_enabled)
+        if failure is not None:
+            raise failure
