@@ -6,12 +6,14 @@ moves one of them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.distributed as dist
 
 __all__ = ["default_store"]
 
 
-def default_store() -> dist.Store:
+def default_store() -> Any:
     """The key-value store of the default process group (the one ``init_process_group`` set up).
 
     A sharded check writes a failing rank's message there, so that a rank blocked in a

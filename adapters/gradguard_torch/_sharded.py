@@ -29,6 +29,7 @@ call it (``gradguard.check`` is then a collective call, like a training step):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import sys
@@ -144,7 +145,7 @@ def _coordination_group() -> dist.ProcessGroup:
     if _GROUP is not None and _GROUP[0] is world:
         return _GROUP[1]
     group = dist.new_group(backend="gloo", timeout=default_store().timeout)
-    assert group is not None  # every rank is a member
+    assert isinstance(group, dist.ProcessGroup)  # every rank is a member
     _GROUP = (world, group)
     return group
 
@@ -265,6 +266,16 @@ class _ShardSlot:
         self.data.copy_(self.saved)
 
 
+def _sharding_note(slots: list[_ShardSlot]) -> str:
+    """How the tensors are laid out, grouped by placements: ``"(Shard(dim=0),) ...: a, b"``."""
+    groups: dict[str, list[str]] = {}
+    for slot in slots:
+        groups.setdefault(slot.placements, []).append(slot.name)
+    if len(groups) == 1:
+        return f"{next(iter(groups))}: every tensor"
+    return "; ".join(f"{placements}: {', '.join(names)}" for placements, names in groups.items())
+
+
 # -- the view ----------------------------------------------------------------------------------
 
 
@@ -314,7 +325,7 @@ class ShardedView(FlatView):
                 f"collective over {self.world} ranks, in place, in the parameters' dtype "
                 "(DTensor parameters: every rank checks; no float64 shadow of a sharded model)"
             ),
-            "sharding": "; ".join(f"{s.name}: {s.placements}" for s in self._slots),
+            "sharding": _sharding_note(self._slots),
         }
         self._tf32: Tf32Switch | None = None
         device = self._slots[0].data.device
@@ -330,10 +341,9 @@ class ShardedView(FlatView):
     def _post(self, failure: BaseException) -> None:
         """Leave this rank's failure in the store, for ranks blocked in the model's collectives."""
         message = f"{time.time():.6f}|{type(failure).__name__}: {failure}"
-        try:
+        # If the store is gone too, the all-gather that follows still tells the others.
+        with contextlib.suppress(Exception):
             default_store().set(self._store_key(self.rank), message)
-        except Exception:  # the store is gone too: the all-gather below still tells the others
-            pass
 
     def _posted(self, ranks: range | list[int]) -> list[tuple[float, int, str]]:
         """The failures other ranks left in the store, earliest first."""
@@ -350,8 +360,13 @@ class ShardedView(FlatView):
                 continue
         return sorted(found)
 
-    def _agree(self, value: float | None, failure: BaseException | None) -> float:
-        """Every rank's value and failure flag, exchanged; the agreed value, or the error."""
+    def _agree(
+        self, value: float | None, failure: BaseException | None, phase: str = "loss"
+    ) -> float:
+        """Every rank's value and failure flag, exchanged; the agreed value, or the error.
+
+        ``phase`` names what ran (``"loss"``, ``"backward pass"``) in the error message.
+        """
         if failure is not None:
             self._post(failure)
         mine = torch.tensor(
@@ -362,18 +377,21 @@ class ShardedView(FlatView):
         try:
             dist.all_gather(table, mine, group=self._group)
         except Exception as exc:  # a rank left, or the group timed out waiting for one
-            raise self._error(self._posted(range(self.world)), exc) from (failure or exc)
+            raise self._error(self._posted(range(self.world)), exc, phase) from (failure or exc)
         rows = torch.stack(table).numpy()
         failed = [int(r) for r in np.flatnonzero(rows[:, 1] > 0.0)]
         if failed:
-            raise self._error(self._posted(failed), None) from failure
+            raise self._error(self._posted(failed), None, phase) from failure
         values = rows[:, 0]
         if bool(np.all(values == values[0])):
             return float(values[0])
         return float(np.mean(values))  # different data per rank: the loss training averages
 
     def _error(
-        self, posted: list[tuple[float, int, str]], collective: BaseException | None
+        self,
+        posted: list[tuple[float, int, str]],
+        collective: BaseException | None,
+        phase: str,
     ) -> ShardedLossError:
         if not posted:
             assert collective is not None
@@ -384,13 +402,19 @@ class ShardedView(FlatView):
                 "restored on this rank",
                 (self.rank,),
             )
+        ranks = tuple(rank for _, rank, _ in posted)
         first_rank, first = posted[0][1], posted[0][2]
-        others = "".join(f"; then rank {rank}: {message}" for _, rank, message in posted[1:])
+        if len(posted) == self.world and all(message == first for _, _, message in posted):
+            where, fix = f"on every rank (all {self.world})", "the loss"
+            others = ""
+        else:
+            where, fix = f"on rank {first_rank} of {self.world}", f"the loss on rank {first_rank}"
+            others = "".join(f"; then rank {rank}: {message}" for _, rank, message in posted[1:])
         return ShardedLossError(
-            f"the loss raised on rank {first_rank} of {self.world} during a collective gradient "
-            f"check: {first}{others}. Every rank stopped the check and restored its parameters; "
-            f"fix the loss on rank {first_rank} (its data, its shapes) and check again",
-            tuple(rank for _, rank, _ in posted),
+            f"the {phase} raised {where} during a collective gradient check: {first}{others}. "
+            f"Every rank stopped the check and restored its parameters; fix {fix} (its data, "
+            "its shapes, a custom backward) and check again",
+            ranks,
         )
 
     # -- evaluations ---------------------------------------------------------------------------
@@ -412,6 +436,7 @@ class ShardedView(FlatView):
         dtensor = _dtensor_type()
         if dtensor is not None and isinstance(value, dtensor):
             value = value.full_tensor()  # type: ignore[attr-defined]
+        assert isinstance(value, torch.Tensor)
         if value.numel() != 1 or value.dtype not in _LOSS_DTYPES:
             raise LossError(
                 f"the loss returned a tensor of shape {tuple(value.shape)} and dtype "
@@ -455,10 +480,10 @@ class ShardedView(FlatView):
             if not loss.requires_grad:
                 raise LossError(_NO_DEPENDENCE)
             with torch.enable_grad():
-                loss.reshape(()).backward()
+                loss.reshape(()).backward()  # type: ignore[no-untyped-call]  # untyped in 2.13
         except Exception as exc:
             failure = exc
-        self._agree(0.0, failure)
+        self._agree(0.0, failure, "backward pass")
         self._gradient = self._gather_gradient()
         self._grads.restore()
         return agreed

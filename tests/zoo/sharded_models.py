@@ -42,7 +42,9 @@ class RowBugLinearFn(torch.autograd.Function):
             if type(grad_w) is not torch.Tensor:  # a DTensor: the factor is replicated
                 from torch.distributed.tensor import Replicate, distribute_tensor
 
-                rows = distribute_tensor(rows, grad_w.device_mesh, [Replicate()] * grad_w.ndim)
+                rows = distribute_tensor(
+                    rows, grad_w.device_mesh, [Replicate()] * grad_w.device_mesh.ndim
+                )
             grad_w = grad_w * rows
         return g @ weight, grad_w, g.sum(0), None
 
