@@ -35,7 +35,7 @@ from torch.distributed.tensor.parallel import (  # noqa: E402
 )
 
 import gradguard as gg  # noqa: E402
-from gradguard_torch._sharded import ShardedLossError  # noqa: E402
+from gradguard_torch import ShardedLossError  # noqa: E402
 from tests.zoo import sharded_models as zoo  # noqa: E402
 
 DEADLINE_S = 150

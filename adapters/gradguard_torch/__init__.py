@@ -29,8 +29,10 @@ from gradguard import hookimpl
 
 if TYPE_CHECKING:
     from gradguard_torch._adapter import TorchAdapter, TorchView
+    from gradguard_torch._sharded import ShardedLossError
 
 __all__ = [
+    "ShardedLossError",
     "TorchAdapter",
     "TorchView",
     "gradguard_adapter_claim",
@@ -73,11 +75,15 @@ def holds_torch(params: object) -> bool:
 
 
 def __getattr__(name: str) -> Any:
-    """``TorchAdapter`` and ``TorchView`` load on first use (they import torch)."""
+    """``TorchAdapter``, ``TorchView`` and ``ShardedLossError`` load on first use (torch)."""
     if name in ("TorchAdapter", "TorchView"):
         from gradguard_torch import _adapter
 
         return getattr(_adapter, name)
+    if name == "ShardedLossError":
+        from gradguard_torch import _sharded
+
+        return _sharded.ShardedLossError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
