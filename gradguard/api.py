@@ -101,7 +101,8 @@ def check(
     Args:
         loss: ``loss(params) -> scalar``, computed from the values in ``params``.
         params: The parameters: arrays, scalars, or dicts/lists/tuples of them (or a model,
-            with a framework adapter).
+            with a framework adapter). A model sharded over processes (PyTorch FSDP2 or
+            tensor parallel) is checked collectively: call ``check`` on every rank.
         grad: ``grad(params)`` returning the gradient in params' structure, that structure
             itself, or ``None`` for the adapter's autodiff (NumPy has none).
         eps: Absolute step; default ``u**(1/3) * max(1, |x|)`` for the loss's dtype.

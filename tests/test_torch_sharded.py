@@ -371,3 +371,17 @@ def test_the_fsdp_example_catches_the_buggy_layer_on_every_rank() -> None:
 def test_private_apis_still_exist() -> None:
     """The private torch.distributed API in gradguard_torch._compat is still there."""
     assert callable(dist.distributed_c10d._get_default_store)
+
+
+def test_unsharded_params_are_not_checked_collectively() -> None:
+    """The seed hook answers None (no broadcast, no process group needed) for anything unsharded."""
+    import numpy as np
+
+    from gradguard.plugins import get_plugin_manager
+
+    hook = get_plugin_manager().hook.gradguard_collective_seed
+    model = zoo.build(None)
+    for params in (model, {"w": torch.ones(3)}, {"w": np.ones(3)}):
+        assert hook(params=params, seed=7) is None
+    report = gg.check(zoo.loss_fn(*zoo.data()), model, seed=7)
+    assert report.seed == 7 and "collective" not in str(report.notes)
