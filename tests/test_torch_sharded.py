@@ -135,10 +135,11 @@ def _check_pair(
 
 
 class _RaisesOnRank:
-    """A loss that raises on one rank at its n-th call, before or after the forward."""
+    """A loss that raises on one rank at its n-th call, before or after the forward (or NaN)."""
 
-    def __init__(self, rank: int, at_call: int, before_forward: bool) -> None:
+    def __init__(self, rank: int, at_call: int, before_forward: bool, nan: bool = False) -> None:
         self.rank, self.at_call, self.before_forward = rank, at_call, before_forward
+        self.nan = nan
         self.calls = 0
         self.x, self.y = zoo.data()
 
@@ -148,6 +149,8 @@ class _RaisesOnRank:
         if failing and self.before_forward:
             raise ValueError("no data on this rank")
         out = model(self.x)
+        if failing and self.nan:
+            return torch.nn.functional.mse_loss(out, self.y) * float("nan")
         if failing:
             raise ValueError("a NaN in the labels")
         return torch.nn.functional.mse_loss(out, self.y)
@@ -245,6 +248,8 @@ def _fsdp_worker(rank: int, world: int, out_dir: str) -> None:
     # A rank's loss raises after its forward: every rank learns it at the next agreement.
     model = _fsdp(zoo.build(None), mesh)
     result["raise_after_forward"] = _failure(model, _RaisesOnRank(1, 3, before_forward=False))
+    model = _fsdp(zoo.build(None), mesh)
+    result["nan_on_one_rank"] = _failure(model, _RaisesOnRank(1, 3, False, nan=True))
     # Before its forward: the other rank is then blocked in an FSDP all-gather, until the
     # timeout of the model's group (its own here, so the default group stays usable).
     group = dist.new_group(timeout=datetime.timedelta(seconds=MODEL_GROUP_TIMEOUT_S))
@@ -285,6 +290,9 @@ def test_fsdp2_check_is_collective_exact_and_fails_on_every_rank(tmp_path: pathl
             assert "rank 1 of 2" in error["message"] and error["ranks"][0] == 1
             assert error["restored"]
         assert "a NaN in the labels" in result["raise_after_forward"]["message"]
+        nan = result["nan_on_one_rank"]
+        assert nan["type"] == "ShardedLossError" and nan["ranks"] == [1] and nan["restored"]
+        assert "is nan on rank(s) 1 of 2" in nan["message"]
         assert "no data on this rank" in result["raise_before_forward"]["message"]
         assert result["raise_after_forward"]["seconds"] < MODEL_GROUP_TIMEOUT_S  # no waiting
         assert result["raise_before_forward"]["seconds"] < 3 * MODEL_GROUP_TIMEOUT_S

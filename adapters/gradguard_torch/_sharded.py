@@ -383,6 +383,15 @@ class ShardedView(FlatView):
         if failed:
             raise self._error(self._posted(failed), None, phase) from failure
         values = rows[:, 0]
+        bad = [int(r) for r in np.flatnonzero(~np.isfinite(values))]
+        if bad and len(bad) < self.world:  # all non-finite: the engine's LossError says so
+            raise ShardedLossError(
+                f"the {phase} is {values[bad[0]]} on rank(s) {', '.join(map(str, bad))} of "
+                f"{self.world} and finite on the others, during a collective gradient check; "
+                "check those ranks' data. Every rank stopped the check and restored its "
+                "parameters",
+                tuple(bad),
+            )
         if bool(np.all(values == values[0])):
             return float(values[0])
         return float(np.mean(values))  # different data per rank: the loss training averages
