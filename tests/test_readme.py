@@ -26,7 +26,7 @@ def test_readme_first_check_fails_on_the_bias_as_printed(
     assert caught.value.report.failed == ("b",)
     out = capsys.readouterr().out
     assert "gradguard: FAILED, 1 of 2 tensors wrong: b" in out
-    assert "the wrong activation derivative?" in out
+    assert "a wrong derivative on its path (an activation's)?" in out
     printed = README.read_text().split("## Your first check")[1]
     assert "gradguard: FAILED, 1 of 2 tensors wrong: b" in printed
 
