@@ -15,6 +15,7 @@ from gradguard.engine import Settings, run_check
 from gradguard.errors import AdapterNotFoundError
 from gradguard.kit.contract import Adapter
 from gradguard.kit.validate import check_loss_callable, describe_leaf, unclaimed_leaves
+from gradguard.logs.paths import log_file_path
 from gradguard.plugins import get_plugin_manager
 from gradguard.results import CheckReport
 
@@ -114,14 +115,16 @@ def check(
         seed: Seed for the private generator that picks coordinates and directions;
             drawn at random and recorded in the report when ``None``.
         tensors: Check only the tensors with these names (``None``: all of them).
-        log_file: Append the check's record to this JSON-lines file.
+        log_file: Append the check's record to this JSON-lines file (a regular file; one
+            that cannot be written warns once and the check goes on).
 
     Returns:
         The :class:`CheckReport`; ``report.raise_for_failure()`` turns a failure into an
         exception, ``print(report)`` shows the per-tensor table.
 
     Raises:
-        SettingsError: an option is out of range, or there is nothing to check.
+        SettingsError: an option is out of range, ``log_file`` is not a path, or there is
+            nothing to check.
         InvalidParamsError: params cannot be checked (empty, integer, unsupported type).
         LossError: the loss is not a finite scalar.
         GradientError: the gradient is missing, mis-shaped or not finite.
@@ -134,7 +137,8 @@ def check(
         seed=seed,
         tensors=tensors,
     )
-    return run_one(loss, params, grad, settings, CheckContext(source="check", log_file=log_file))
+    context = CheckContext(source="check", log_file=log_file_path(log_file))
+    return run_one(loss, params, grad, settings, context)
 
 
 def run_one(

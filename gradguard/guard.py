@@ -22,6 +22,7 @@ from gradguard.coverage import Coverage
 from gradguard.engine import Settings
 from gradguard.errors import SettingsError
 from gradguard.kit.validate import check_loss_callable
+from gradguard.logs.paths import log_file_path
 from gradguard.plugins import get_plugin_manager
 from gradguard.policy import DEFAULT_ON_FAILURE, ON_FAILURE, OnFailure, apply_policy
 from gradguard.policy import validate_on_failure as _validate_on_failure
@@ -35,7 +36,13 @@ _CHECK_OPTIONS = ("eps", "tolerance", "sample", "directions", "tensors")
 
 
 def disabled_by_environment() -> bool:
-    """Whether ``GRADGUARD_DISABLE`` asks every guard and callback to stay inert."""
+    """Whether ``GRADGUARD_DISABLE`` asks every guard and callback to stay inert.
+
+    Front doors read it once, when they start (a :class:`Guard` when it is built, a callback
+    when ``fit`` starts), not at every step: the switch is meant for a run's environment
+    (set before the process starts), and a guard already running is switched off with
+    :meth:`Guard.disable`.
+    """
     return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
@@ -102,7 +109,8 @@ class Guard:
             loop to end on; ``"raise"`` raises its :class:`~gradguard.GradientCheckError`;
             ``"warn"`` warns and goes on; ``"log"`` only logs (see :mod:`gradguard.policy`).
             A check that cannot run (bad input) always raises.
-        log_file: Append every check's record (and lifecycle events) to this JSON-lines file.
+        log_file: Append every check's record (and lifecycle events) to this JSON-lines file
+            (a regular file; a FIFO or a device warns once and is not written).
         run_id: The id shared by this guard's records (default: a fresh random id).
         seed: Seed for the run's coordinate order and the checks' directions (default:
             random, recorded in each report).
@@ -115,9 +123,17 @@ class Guard:
         **check_options: ``eps``, ``tolerance``, ``sample``, ``directions``, ``tensors``,
             as for :func:`gradguard.check`.
 
+    ``GRADGUARD_DISABLE`` is read once, here: set in the environment before the guard is
+    built, it makes the guard inert from the start.
+
     Raises:
-        SettingsError: an option is out of range (at construction, not in the loop).
+        SettingsError: an option is out of range, or ``log_file`` is not a path (at
+            construction, not in the loop).
     """
+
+    log_file_path = staticmethod(log_file_path)
+    """The validation of ``log_file`` that every front door shares (a callback built on a
+    guard calls it in its own ``__init__``): see :func:`gradguard.logs.paths.log_file_path`."""
 
     def __init__(
         self,
@@ -152,7 +168,7 @@ class Guard:
         self.params = params
         self.grad = grad
         self.on_failure = on_failure
-        self.log_file = None if log_file is None else os.fspath(log_file)
+        self.log_file = log_file_path(log_file)
         self.run_id = run_id if run_id is not None else uuid.uuid4().hex[:12]
         self.seed = seed if seed is not None else secrets.randbits(32)
         self.tensors_per_check = tensors_per_check

@@ -82,6 +82,19 @@ def test_environment_switch_makes_the_guard_inert(monkeypatch: pytest.MonkeyPatc
     assert model.evaluations == 0
 
 
+def test_environment_switch_is_read_when_the_guard_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GRADGUARD_DISABLE set after a guard was built does not stop it (documented: the switch is
+    read once, at construction); guard.disable() is the way to stop a running guard."""
+    model = Model()
+    guard = model.guard(every=1, max_checks=None)
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    assert guard.active and guard.step() is not None
+    guard.disable()
+    assert not guard.active and guard.step() is None
+
+
 @pytest.mark.parametrize("value", ["0", "", "false"])
 def test_environment_switch_off_values_keep_the_guard(
     monkeypatch: pytest.MonkeyPatch, value: str
@@ -150,6 +163,9 @@ def test_a_check_that_cannot_run_always_raises() -> None:
         ({"tensors_per_check": 0}, "tensors_per_check"),
         ({"eps": -1.0}, "eps"),
         ({"sampel": 3}, "unknown Guard option"),
+        ({"log_file": 123}, "log_file must be a path .* got int 123"),
+        ({"log_file": b"gc.jsonl"}, "log_file must be a path .* got bytes"),
+        ({"log_file": ""}, "log_file is an empty string"),
     ],
 )
 def test_bad_options_raise_at_construction(options: dict[str, object], match: str) -> None:

@@ -110,6 +110,7 @@ def tiled(loss: ModelLoss, times: int = 2) -> dict[str, Any]:
         ({"sample": 0, "directions": 0}, "nothing to check"),
         ({"seed": -1}, "seed"),
         ({"precision": "double"}, "precision"),
+        ({"log_file": 123}, "log_file must be a path"),
     ],
 )
 def test_options_out_of_range_are_refused_at_construction(

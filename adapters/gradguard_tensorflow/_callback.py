@@ -162,7 +162,7 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
         self.precision = TFParams(None, precision=precision).precision  # validated there
         self.probe = probe
         self.on_failure = on_failure
-        self.log_file = None if log_file is None else os.fspath(log_file)
+        self.log_file = Guard.log_file_path(log_file)
         self.run_id = run_id
         self.seed = seed
         self.training = bool(training)

@@ -6,7 +6,8 @@ own processors, so the application's structlog configuration is never read or ch
 event is appended to it as one strict-JSON line, flushed at once. When the application has
 configured structlog itself, the same event also goes to its ``gradguard`` logger.
 
-Logging never breaks the caller: a file that cannot be written warns once and is skipped.
+Logging never breaks the caller: a file that cannot be written (a directory, no permission,
+a full disk, a FIFO or a device: only regular files are logs) warns once and is skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import structlog
 
 from gradguard.context import CheckContext
 from gradguard.errors import GradGuardLogWarning
+from gradguard.logs.paths import open_regular
 from gradguard.logs.records import EVENT, check_record, lifecycle_record
 from gradguard.plugins import hookimpl
 from gradguard.results import CheckReport
@@ -42,7 +44,8 @@ class JsonLinesFile:
 
     The file is opened, appended and closed per record, so a crash leaves at most the line
     being written; an ``OSError`` (a directory, no permission, a full disk) warns once per
-    path and the record is dropped.
+    path and the record is dropped. The path is opened without blocking and must be a
+    regular file: a FIFO with no reader would otherwise hang the check (and training).
     """
 
     _warned: set[str] = set()  # noqa: RUF012  # shared on purpose: warn once per path per process
@@ -52,8 +55,8 @@ class JsonLinesFile:
 
     def msg(self, message: str) -> None:
         try:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(message + "\n")
+            with open_regular(self.path, append=True) as handle:
+                handle.write((message + "\n").encode("utf-8"))
                 handle.flush()
         except OSError as exc:
             if self.path not in self._warned:
