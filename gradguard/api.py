@@ -67,13 +67,28 @@ def notify_event(event: str, details: dict[str, Any], context: CheckContext) -> 
 
 
 def _call_all(hook: str, arguments: dict[str, Any]) -> None:
+    """Call every implementation of ``hook``, each in its own call through pluggy.
+
+    A pluggy call stops at the first implementation that raises; a reporter must not stop
+    the others (or the check). So each plain implementation is called through
+    ``subset_hook_caller`` (a pluggy call over that implementation and every wrapper), in the
+    order pluggy itself would call them: wrappers (``wrapper=True``, old-style
+    ``hookwrapper=True``) wrap each reporter's call and see its exception first, and monitors
+    added with ``add_hookcall_monitoring`` (tracing) see every call. One that still raises
+    only warns.
+    """
     manager = get_plugin_manager()
-    for impl in reversed(getattr(manager.hook, hook).get_hookimpls()):
+    impls = getattr(manager.hook, hook).get_hookimpls()
+    plain = [impl for impl in impls if not (impl.wrapper or impl.hookwrapper)]
+    wrapped = " (or a hook wrapper around it)" if len(plain) < len(impls) else ""
+    for impl in reversed(plain):  # pluggy calls the last registered (and tryfirst) first
+        others = [other.plugin for other in plain if other is not impl]
         try:
-            impl.function(*(arguments[name] for name in impl.argnames))
+            manager.subset_hook_caller(hook, remove_plugins=others)(**arguments)
         except Exception as exc:
             warnings.warn(
-                f"gradguard reporter {impl.plugin_name!r} failed: {type(exc).__name__}: {exc}",
+                f"gradguard reporter {impl.plugin_name!r}{wrapped} failed: "
+                f"{type(exc).__name__}: {exc}",
                 RuntimeWarning,
                 stacklevel=3,
             )

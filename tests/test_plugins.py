@@ -6,8 +6,10 @@ import inspect
 import pathlib
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from importlib.metadata import EntryPoint
+from typing import Any
 
 import numpy as np
 import pytest
@@ -175,6 +177,90 @@ def test_a_failing_reporter_warns_and_the_others_still_run() -> None:
         report = gg.check(lambda w: float(np.sum(w)), np.ones(2), np.ones(2))
     assert report.passed
     assert seen == [(True, "check")]
+
+
+def test_a_wrapper_hookimpl_wraps_each_reporter_and_sees_its_failure() -> None:
+    """A wrapper=True implementation of gradguard_check_completed runs (pluggy's calling
+    machinery is used): once around each reporter, seeing the failing one's exception, which
+    it may swallow; the other reporters still run and the check returns."""
+    seen: list[str] = []
+
+    class Bad:
+        @gg.hookimpl
+        def gradguard_check_completed(self, report: gg.CheckReport) -> None:
+            seen.append("bad")
+            raise OSError("disk on fire")
+
+    class Good:
+        @gg.hookimpl
+        def gradguard_check_completed(self, report: gg.CheckReport) -> None:
+            seen.append("good")
+
+    class Wrapper:
+        @gg.hookimpl(wrapper=True)
+        def gradguard_check_completed(self, report: gg.CheckReport) -> Iterator[None]:
+            seen.append("before")
+            try:
+                return (yield)
+            except OSError as exc:
+                seen.append(f"caught {exc}")
+                return None
+            finally:
+                seen.append("after")
+
+    gg.register(Bad(), name="bad")
+    gg.register(Good(), name="good")
+    gg.register(Wrapper(), name="wrapper")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the wrapper handled the failure: nothing to warn about
+        report = gg.check(lambda w: float(np.sum(w)), np.ones(2), np.ones(2))
+    assert report.passed
+    # Last registered first, the built-in jsonl reporter (trylast) last: three wrapped calls.
+    assert seen == [
+        "before", "good", "after",
+        "before", "bad", "caught disk on fire", "after",
+        "before", "after",
+    ]  # fmt: skip
+
+
+def test_a_failing_wrapper_warns_naming_the_reporter_it_wrapped() -> None:
+    """A wrapper that raises is isolated like a reporter: a warning, and the check returns."""
+
+    class Broken:
+        @gg.hookimpl(wrapper=True)
+        def gradguard_check_completed(self) -> Iterator[None]:
+            yield
+            raise RuntimeError("wrapper broke")
+
+    gg.register(Broken(), name="broken")
+    with pytest.warns(RuntimeWarning, match=r"'jsonl-reporter' \(or a hook wrapper around it\)"):
+        report = gg.check(lambda w: float(np.sum(w)), np.ones(2), np.ones(2))
+    assert report.passed
+
+
+def test_hookcall_monitoring_sees_every_reporter_call() -> None:
+    """add_hookcall_monitoring (pluggy's tracing) sees the reporter calls of a check and of a
+    lifecycle event, with their keyword arguments."""
+    calls: list[tuple[str, list[str], list[str]]] = []
+    manager = gg.get_plugin_manager()
+
+    def before(name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+        if name.startswith("gradguard_") and name != "gradguard_adapter_claim":
+            calls.append((name, [impl.plugin_name for impl in impls], sorted(kwargs)))
+
+    def after(outcome: Any, name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+        pass
+
+    undo = manager.add_hookcall_monitoring(before, after)
+    try:
+        gg.check(lambda w: float(np.sum(w)), np.ones(2), np.ones(2))
+        gg.Guard(lambda w: 0.0, np.ones(2), np.ones(2)).disable()
+    finally:
+        undo()
+    assert calls == [
+        ("gradguard_check_completed", ["jsonl-reporter"], ["context", "report"]),
+        ("gradguard_lifecycle_event", ["jsonl-reporter"], ["context", "details", "event"]),
+    ]
 
 
 def _documented_signatures() -> dict[str, str]:
