@@ -27,36 +27,39 @@ def _plugins(_: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gradguard.logs import reader as analysis
+    from gradguard.logs import reader
 
-    logs = analysis.load(*args.logs)
-    summary = analysis.summarize(logs)
-    if len(logs) == 0:
+    plot = None
+    if args.plot:  # a bad plot path is found before any log is read
+        from gradguard.logs.plot import PlotData, plot_target, write_plot
+
+        target, fmt = plot_target(args.plot)
+        plot = PlotData()
+    summary, records = reader.summarize_files(*args.logs, also=[plot] if plot else [])
+    if records == 0:
         print(
             "gradguard: no gradguard records in "
             + ", ".join(args.logs)
-            + (" (" + "; ".join(logs.notes) + ")" if logs.notes else ""),
+            + (" (" + "; ".join(summary.notes) + ")" if summary.notes else ""),
             file=sys.stderr,
         )
         return 2
-    if args.plot:
-        from gradguard.logs.plot import plot_differences
-
+    if plot is not None:
         try:
-            written = plot_differences(logs, args.plot)
+            write_plot(plot.render(fmt), target)
         except OSError as exc:
             print(
-                f"gradguard: cannot write the plot to {args.plot}: {exc.strerror or exc}",
+                f"gradguard: cannot write the plot to {target}: {exc.strerror or exc}",
                 file=sys.stderr,
             )
             return 2
         if not args.json:
-            print(f"plot written to {written}")
+            print(f"plot written to {target}")
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, allow_nan=False))
     else:
-        print(analysis.format_summary(summary))
-    return 0 if summary.passed else 1
+        print(reader.format_summary(summary))
+    return summary.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,23 +73,38 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(run=_plugins)
     report = commands.add_parser(
         "report",
-        help="summarize gradient-check logs; exit 1 if any check failed, 2 if unusable",
+        help="summarize gradient-check logs; exit 1 if a check failed or was inconclusive, "
+        "2 if unusable",
         description=(
-            "Read JSON-lines logs written by gradguard (log_file=...) and summarize them: "
-            "runs, checks, failures by tensor with the first failing step, the worst difference "
-            "per tensor, statuses. Exit code 0: all checks passed; 1: a check failed; "
-            "2: unusable input."
+            "Read JSON-lines logs written by gradguard (log_file=..., pytest --gradguard-log) "
+            "and summarize them: runs, tests, checks, failures by tensor with the first failing "
+            "step, the worst difference per tensor, statuses. Lines that are not valid records "
+            "are skipped and counted. Exit code 0: every check passed; 1: a valid record shows "
+            "a check that failed or was inconclusive; 2: unusable input (a file that cannot be "
+            "read or holds no gradguard record, a plot that cannot be written)."
         ),
     )
-    report.add_argument("logs", nargs="+", metavar="LOG", help="JSON-lines log file(s)")
+    report.add_argument(
+        "logs", nargs="+", metavar="LOG", help="JSON-lines log file(s); - reads standard input"
+    )
     report.add_argument("--json", action="store_true", help="print the summary as JSON")
-    report.add_argument("--plot", metavar="PNG", help="also draw differences over steps to PNG")
+    report.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the differences over steps (per test for pytest runs) to FILE "
+        "(.png, .svg or .pdf)",
+    )
     report.set_defaults(run=_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for unusable input)."""
+    """Run the command line; returns the exit code.
+
+    ``gradguard report``: 0 when every check in the logs passed, 1 when a valid record shows a
+    check that failed or was inconclusive, 2 on unusable input (a log that cannot be read or
+    holds no gradguard record, a plot path that cannot be written), 130 on Ctrl-C.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
@@ -97,3 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GradGuardError as exc:
         print(f"gradguard: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("gradguard: interrupted", file=sys.stderr)
+        return 130

@@ -200,8 +200,10 @@ def test_a_newer_schema_is_read_with_a_note(tmp_path: pathlib.Path) -> None:
     logs = analysis.load(log)
     assert [c["schema"] for c in logs.checks] == [SCHEMA_VERSION, SCHEMA_VERSION + 1]
     (note,) = logs.notes
-    assert note.startswith(f"{log}:2: schema {SCHEMA_VERSION + 1} is newer")
-    assert f"({SCHEMA_VERSION})" in note
+    assert note == (
+        f"{log}:2: schema newer than this gradguard reads ({SCHEMA_VERSION}) in 1 record(s); "
+        f"read where they match schema {SCHEMA_VERSION}"
+    )
 
 
 def test_an_empty_file_has_no_records_and_no_notes(tmp_path: pathlib.Path) -> None:
@@ -362,11 +364,11 @@ def test_format_summary_of_a_failing_log_names_tensor_step_and_run(two_runs: pat
     lines = text.splitlines()
     assert lines[0] == "gradguard report: 2 of 6 checks FAILED (2 runs)"
     assert _section(text, "runs:")[1:] == [
-        ["run-a", "2", "0", "0-1", "passed"],
-        ["run-b", "4", "2", "0-6", "-"],
+        ["run-a", "2", "0", "0", "0-1", "passed"],
+        ["run-b", "4", "2", "0", "0-6", "-"],
     ]
     (failing,) = _section(text, "failures by tensor:")[1:]
-    assert failing[:5] == ["b", "2", "6", "4", "run-b"]
+    assert failing[:6] == ["b", "2", "0", "6", "4", "run-b"]
 
 
 def test_format_summary_lists_the_notes(tmp_path: pathlib.Path) -> None:
@@ -392,9 +394,11 @@ def test_format_summary_of_no_checks_says_so() -> None:
 COLUMNS = [
     "run_id",
     "source",
+    "label",
     "step",
     "timestamp",
     "check_passed",
+    "check_status",
     "tensor",
     "status",
     "passed",

@@ -71,7 +71,7 @@ def test_all_passing_log_exits_0_with_the_summary(
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == "gradguard report: all 3 checks passed (1 run)"
-    assert ["ok", "3", "0", "0-4", "passed"] in [line.split() for line in lines]
+    assert ["ok", "3", "0", "0", "0-4", "passed"] in [line.split() for line in lines]
     assert "worst difference per tensor:" in out
     assert "statuses: pass 6" in out
 
@@ -84,7 +84,11 @@ def test_log_with_a_failing_check_exits_1_naming_the_tensor(
     assert code == 1 and err == ""
     assert out.splitlines()[0] == "gradguard report: 3 of 3 checks FAILED (1 run)"
     failures = out.split("failures by tensor:\n", 1)[1].splitlines()
-    assert failures[1].split()[:5] == ["b", "3", "3", "0", "bad"]
+    assert failures[0].split() == [
+        "tensor", "failed", "inconclusive", "of", "first", "failing", "step", "run", "worst",
+        "difference",
+    ]  # fmt: skip
+    assert failures[1].split()[:6] == ["b", "3", "0", "3", "0", "bad"]
 
 
 def test_one_failing_log_among_several_exits_1(
@@ -141,11 +145,16 @@ def test_json_prints_strict_json_and_keeps_the_exit_code(
         "passed",
         "checks",
         "failed_checks",
+        "inconclusive_checks",
+        "check_statuses",
         "runs",
+        "tests",
         "tensors",
         "statuses",
         "notes",
     }
+    assert data["check_statuses"] == ({"pass": 3} if code == 0 else {"fail": 3})
+    assert data["tests"] == [] and data["inconclusive_checks"] == 0
     assert data["passed"] is (code == 0)
     assert (data["checks"], data["failed_checks"]) == (3, 3 * code)
     assert [r["run_id"] for r in data["runs"]] == ["ok" if code == 0 else "bad"]
