@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -54,12 +55,23 @@ def _report(args: argparse.Namespace) -> int:
             )
             return 2
         if not args.json:
-            print(f"plot written to {target}")
+            _print(f"plot written to {target}")
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2, allow_nan=False))
+        _print(json.dumps(summary.to_dict(), indent=2, allow_nan=False))
     else:
-        print(reader.format_summary(summary))
+        _print(reader.format_summary(summary))
     return summary.exit_code
+
+
+def _print(text: str) -> None:
+    """Print to stdout; a reader that went away (``| head``) does not change the exit code."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point it at devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def build_parser() -> argparse.ArgumentParser:

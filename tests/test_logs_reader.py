@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
+import os
 import pathlib
+import tracemalloc
 import types
 from collections.abc import Callable
+from typing import Any
 
+import attrs
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from toy import Params, grad, loss
 
 import gradguard as gg
 from gradguard.guard import DISABLE_ENV
 from gradguard.logs import reader as analysis
 from gradguard.logs import records
-from gradguard.logs.records import SCHEMA_VERSION
+from gradguard.logs.records import SCHEMA_VERSION, check_record
+from gradguard.logs.writer import emit
+from gradguard.results import overall_status
 
 
 def make_params() -> Params:
@@ -492,3 +501,404 @@ def test_to_dataframe_of_a_log_without_checks_still_has_the_columns(
     frame = analysis.load(log).to_dataframe()
     assert len(frame) == 0
     assert list(frame.columns) == COLUMNS
+
+
+# -- statuses zero and inconclusive ------------------------------------------------------------
+
+
+def relabel(report: gg.CheckReport, statuses: dict[str, gg.Status]) -> gg.CheckReport:
+    """``report`` as a check that ended with these tensor statuses would have written it."""
+    params = tuple(attrs.evolve(p, status=statuses.get(p.name, p.status)) for p in report.params)
+    status = overall_status(params)
+    return attrs.evolve(report, params=params, status=status, passed=status is gg.Status.PASS)
+
+
+def write_check(
+    log: pathlib.Path, statuses: dict[str, gg.Status], *, seed: int = 0, **context: Any
+) -> None:
+    """One check's record, with the given tensor statuses, through the real writer."""
+    report = relabel(gg.check(loss, make_params(), grad, seed=seed), statuses)
+    emit(check_record(report, gg.CheckContext(log_file=str(log), **context)), str(log))
+
+
+@pytest.fixture(scope="module")
+def new_statuses(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Three checks of one run: b zero (passes), W inconclusive, then both passing."""
+    log = tmp_path_factory.mktemp("new_statuses") / "statuses.jsonl"
+    write_check(log, {"b": gg.Status.ZERO}, run_id="r", step=0, source="guard")
+    write_check(log, {"W": gg.Status.INCONCLUSIVE}, run_id="r", step=1, source="guard")
+    write_check(log, {}, run_id="r", step=2, source="guard")
+    return log
+
+
+def test_zero_and_inconclusive_are_their_own_statuses(new_statuses: pathlib.Path) -> None:
+    """A zero tensor passes its check; an inconclusive one leaves the check inconclusive,
+    which is not a pass: counted apart from failures, per run, per tensor and per check."""
+    summary = analysis.summarize(analysis.load(new_statuses))
+    assert summary.check_statuses == {"pass": 2, "inconclusive": 1}
+    assert (summary.checks, summary.failed_checks, summary.inconclusive_checks) == (3, 0, 1)
+    assert not summary.passed and summary.exit_code == 1
+    (run,) = summary.runs
+    assert (run.checks, run.failed, run.inconclusive) == (3, 0, 1)
+    by_name = {t.name: t for t in summary.tensors}
+    assert by_name["b"].statuses == {"zero": 1, "pass": 2}
+    assert by_name["W"].statuses == {"inconclusive": 1, "pass": 2}
+    assert (by_name["W"].failures, by_name["W"].inconclusive) == (0, 1)
+    assert summary.statuses == {"pass": 4, "zero": 1, "inconclusive": 1}
+
+
+def test_a_zero_or_inconclusive_difference_is_not_the_worst_difference(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Worst differences come from judged probes only: a zero tensor's noise/noise and an
+    inconclusive tensor's unresolved difference are left out."""
+    log = tmp_path / "z.jsonl"
+    write_check(log, {"b": gg.Status.ZERO, "W": gg.Status.INCONCLUSIVE})
+    (w, b) = sorted(analysis.summarize(analysis.load(log)).tensors, key=lambda t: t.name)
+    assert w.worst_difference is None and b.worst_difference is None
+
+
+def test_format_summary_shows_inconclusive_checks_and_tensors(new_statuses: pathlib.Path) -> None:
+    """The text says INCONCLUSIVE (not passed), lists the tensor with its count, and the
+    per-check statuses."""
+    text = analysis.format_summary(analysis.summarize(analysis.load(new_statuses)))
+    assert text.splitlines()[0] == "gradguard report: 1 of 3 checks INCONCLUSIVE (1 run)"
+    assert _section(text, "runs:")[1] == ["r", "3", "0", "1", "0-2", "-"]
+    (row,) = _section(text, "failures by tensor:")[1:]
+    assert row[:4] == ["W", "0", "1", "3"]
+    assert "checks: inconclusive 1, pass 2" in text
+    assert "statuses: inconclusive 1, pass 4, zero 1" in text
+
+
+def test_failed_and_inconclusive_checks_are_both_in_the_verdict(tmp_path: pathlib.Path) -> None:
+    """A log with a failing and an inconclusive check says both."""
+    log = tmp_path / "both.jsonl"
+    write_check(log, {"W": gg.Status.FAIL})
+    write_check(log, {"b": gg.Status.INCONCLUSIVE})
+    write_check(log, {})
+    summary = analysis.summarize(analysis.load(log))
+    assert analysis.format_summary(summary).splitlines()[0] == (
+        "gradguard report: 1 of 3 checks FAILED, 1 INCONCLUSIVE (1 run)"
+    )
+    assert summary.to_dict()["check_statuses"] == {"fail": 1, "inconclusive": 1, "pass": 1}
+
+
+def test_to_dataframe_has_the_check_status_and_the_new_statuses(
+    new_statuses: pathlib.Path,
+) -> None:
+    """check_status says inconclusive where check_passed is False; tensor statuses as written."""
+    frame = analysis.load(new_statuses).to_dataframe()
+    assert list(frame["check_status"]) == ["pass"] * 2 + ["inconclusive"] * 2 + ["pass"] * 2
+    assert list(frame["check_passed"]) == [True, True, False, False, True, True]
+    assert list(frame["status"])[:4] == ["pass", "zero", "inconclusive", "pass"]
+
+
+# -- pytest records: one entry per test ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pytest_session(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A pytest session's log as the plugin writes it: three tests checking tensors of the same
+    names; test_b's W is wrong, test_c's b inconclusive."""
+    log = tmp_path_factory.mktemp("pytest_session") / "checks.jsonl"
+    for test, statuses in [
+        ("test_m.py::test_a", {}),
+        ("test_m.py::test_b", {"W": gg.Status.FAIL}),
+        ("test_m.py::test_c", {"b": gg.Status.INCONCLUSIVE}),
+    ]:
+        write_check(log, statuses, run_id="pytest-1", source="pytest", label=test)
+    return log
+
+
+def test_pytest_records_are_summarized_per_test(pytest_session: pathlib.Path) -> None:
+    """Each test is one entry with its status and its bad tensors; a tensor name is kept
+    apart per test, so "W" failing in test_b is not merged with test_a's passing W."""
+    summary = analysis.summarize(analysis.load(pytest_session))
+    assert [(t.test, t.checks, t.status, t.tensors) for t in summary.tests] == [
+        ("test_m.py::test_a", 1, "pass", ()),
+        ("test_m.py::test_b", 1, "fail", ("W",)),
+        ("test_m.py::test_c", 1, "inconclusive", ("b",)),
+    ]
+    w = [(t.test, t.checks, t.failures) for t in summary.tensors if t.name == "W"]
+    assert w == [
+        ("test_m.py::test_a", 1, 0),
+        ("test_m.py::test_b", 1, 1),
+        ("test_m.py::test_c", 1, 0),
+    ]
+
+
+def test_format_summary_has_a_tests_section_and_names_the_test_of_each_tensor(
+    pytest_session: pathlib.Path,
+) -> None:
+    """The text lists tests worst first, and the tensor tables gain a test column."""
+    text = analysis.format_summary(analysis.summarize(analysis.load(pytest_session)))
+    assert _section(text, "tests:") == [
+        ["test", "checks", "status", "tensors", "failed", "or", "inconclusive"],
+        ["test_m.py::test_b", "1", "FAIL", "W"],
+        ["test_m.py::test_c", "1", "INCONCLUSIVE", "b"],
+        ["test_m.py::test_a", "1", "pass", "-"],
+    ]
+    failures = _section(text, "failures by tensor:")
+    assert failures[0][:3] == ["tensor", "test", "failed"]
+    assert [row[:4] for row in failures[1:]] == [
+        ["W", "test_m.py::test_b", "1", "0"],
+        ["b", "test_m.py::test_c", "0", "1"],
+    ]
+
+
+def test_summary_json_and_dataframe_carry_the_test(pytest_session: pathlib.Path) -> None:
+    """to_dict() has "tests" and each tensor's "test"; the DataFrame has the label column."""
+    logs = analysis.load(pytest_session)
+    data = json.loads(json.dumps(analysis.summarize(logs).to_dict(), allow_nan=False))
+    assert [(t["test"], t["status"]) for t in data["tests"]] == [
+        ("test_m.py::test_a", "pass"),
+        ("test_m.py::test_b", "fail"),
+        ("test_m.py::test_c", "inconclusive"),
+    ]
+    assert {(t["name"], t["test"]) for t in data["tensors"] if t["failures"]} == {
+        ("W", "test_m.py::test_b")
+    }
+    frame = logs.to_dataframe()
+    failing = frame[frame["status"] == "fail"]
+    assert list(zip(failing["label"], failing["tensor"], strict=True)) == [
+        ("test_m.py::test_b", "W")
+    ]
+
+
+# -- hostile files: never a traceback, bounded memory ----------------------------------------
+
+
+def good_line(tmp_path: pathlib.Path) -> str:
+    return lines_of(passing_log(tmp_path / "one.jsonl", checks=1))[0]
+
+
+@pytest.mark.parametrize(
+    ("line", "note"),
+    [
+        ("[" * 100_000, "nested deeper than 32"),
+        ('{"schema": 1, "event": "gradcheck", "x": ' + "9" * 5000 + "}", "not JSON"),
+        ('{"schema": 1, "event": "gradcheck", "loss": NaN}', "not JSON"),
+        ('{"schema": 1, "event": "gradcheck", "loss": 1e999}', "not JSON"),
+        ("\udcff\udcfe", "not JSON"),  # invalid UTF-8 on disk
+    ],
+)
+def test_lines_the_parser_must_not_see_are_skipped_with_a_note(
+    tmp_path: pathlib.Path, line: str, note: str
+) -> None:
+    """Deep nesting (RecursionError), huge integers, NaN and overflowing floats, bad UTF-8:
+    each line is skipped with a note; the good record next to it is read."""
+    log = tmp_path / "bad.jsonl"
+    log.write_bytes(
+        (good_line(tmp_path) + "\n").encode() + line.encode("utf-8", "surrogateescape") + b"\n"
+    )
+    logs = analysis.load(log)
+    assert len(logs.checks) == 1
+    (text,) = logs.notes
+    assert text.startswith(f"{log}:2: {note}")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("run_id", math.nan, "not JSON"),
+        ("run_id", 3, "record.run_id: 3 is not of type string or null"),
+        ("run_id", [1], "record.run_id: list is not of type string or null"),
+        ("run_id", {"a": 1}, "record.run_id: dict is not of type string or null"),
+        ("params", {"a": 1}, "record.params: dict is not of type array"),
+        ("params", [{"name": "W"}], "record.params[0]: missing field(s) shape, dtype"),
+        ("step", -(10**400), None),
+        ("timestamp", "2026-01-01T00:00:00+00:00\n", "does not match"),
+        ("passed", "yes", "record.passed: 'yes' is not of type boolean"),
+    ],
+)
+def test_records_with_wrong_field_types_are_skipped_with_the_reason(
+    tmp_path: pathlib.Path, field: str, value: Any, error: str | None
+) -> None:
+    """A record whose field has the wrong type is not a valid record: counted, the first few
+    named with the field and the problem in a short note; the valid records are read."""
+    record = json.loads(good_line(tmp_path))
+    record[field] = value
+    log = tmp_path / "typed.jsonl"
+    log.write_text(good_line(tmp_path) + "\n" + json.dumps(record) + "\n")
+    logs = analysis.load(log)
+    if error is None:  # a valid record after all: a step of 400 digits is an integer
+        assert len(logs.checks) == 2 and logs.notes == ()
+        summary = analysis.summarize(logs)
+        assert summary.runs[0].first_step == -(10**400)
+        json.dumps(summary.to_dict(), allow_nan=False)
+        return
+    assert len(logs.checks) == 1
+    (note,) = logs.notes
+    assert note.startswith(f"{log}:2: ") and error in note and len(note) < 300
+
+
+def test_a_newer_schema_whose_field_types_changed_is_skipped_with_a_note(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A schema-2 record whose fields no longer match schema 1 is skipped, and the note says
+    it is a newer schema's; it never reaches the summary as garbage."""
+    record = json.loads(good_line(tmp_path))
+    record.update(schema=SCHEMA_VERSION + 1, params="W,b", step="seven")
+    log = tmp_path / "future.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    logs = analysis.load(log)
+    assert len(logs) == 0
+    (note,) = logs.notes
+    assert note.startswith(f"{log}:1: schema {SCHEMA_VERSION + 1} record that schema ")
+
+
+def test_many_bad_lines_give_a_few_notes_and_a_count(tmp_path: pathlib.Path) -> None:
+    """Thousands of garbage lines: the first five are named, the rest counted in one line."""
+    log = tmp_path / "garbage.jsonl"
+    log.write_text(good_line(tmp_path) + "\n" + "garbage\n" * 5000)
+    logs = analysis.load(log)
+    assert len(logs.checks) == 1
+    assert logs.notes == (
+        *(f"{log}:{n}: not JSON, skipped" for n in range(2, 7)),
+        "... and 4995 more line(s): not JSON",
+    )
+
+
+def test_an_overlong_line_is_skipped_without_being_held(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line longer than MAX_LINE_BYTES is skipped (read in bounded pieces) with a note; the
+    records after it are read."""
+    monkeypatch.setattr(analysis, "MAX_LINE_BYTES", 4000)
+    good = good_line(tmp_path)
+    log = tmp_path / "long.jsonl"
+    log.write_text("x" * 20_000_000 + "\n" + good + "\n")
+    tracemalloc.start()
+    try:
+        logs = analysis.load(log)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000  # the 20 MB line was never held whole
+    assert logs.notes == (f"{log}:1: line too long, skipped",)
+    assert len(logs.checks) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_fifo_or_a_device_is_refused_at_once(tmp_path: pathlib.Path, kind: str) -> None:
+    """A FIFO with no writer (which would block) and /dev/zero (which never ends) are refused
+    with a LogError saying what they are, before anything is read."""
+    if kind == "fifo":
+        path = str(tmp_path / "log.fifo")
+        os.mkfifo(path)
+    else:
+        path = "/dev/zero"
+    with pytest.raises(gg.LogError, match=r"is a FIFO|is a device") as info:
+        analysis.load(path)
+    assert "not a regular file" in str(info.value)
+
+
+def test_summarize_files_memory_does_not_grow_with_the_records(tmp_path: pathlib.Path) -> None:
+    """Streaming 4,000 records (and 4,000 garbage lines) keeps memory to the summary: the peak
+    is a fraction of the file's size (holding the records as dicts would take several times
+    the file). The 1 GB measurement is in docs/benchmarks.md."""
+    good = good_line(tmp_path)
+    log = tmp_path / "big.jsonl"
+    with log.open("w") as handle:
+        for index in range(4_000):
+            handle.write(good.replace('"step":null', f'"step":{index}') + "\nnot json\n")
+    size = log.stat().st_size
+    tracemalloc.start()
+    try:
+        summary, count = analysis.summarize_files(log)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (count, summary.checks, summary.runs[0].last_step) == (4_000, 4_000, 3_999)
+    assert summary.notes[-1] == "... and 3995 more line(s): not JSON"
+    assert peak < size / 4, (peak, size)
+
+
+# -- property tests: anything at all in a file -----------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@functools.cache
+def _template() -> dict[str, Any]:
+    report = relabel(gg.check(loss, make_params(), grad, seed=0), {"b": gg.Status.ZERO})
+    return check_record(report, gg.CheckContext(run_id="r", step=3, label="t::x"))
+
+
+_FIELDS = sorted(_template())
+_PARAM_FIELDS = sorted(_template()["params"][0])
+
+
+def _mutations() -> st.SearchStrategy[dict[str, Any]]:
+    """A real record with some fields (top level and in a tensor's entry) replaced by arbitrary
+    JSON values, or removed."""
+
+    def mutate(changes: list[tuple[str, Any]], param_changes: list[tuple[str, Any]]) -> Any:
+        record = json.loads(json.dumps(_template()))
+        for field, value in changes:
+            if value is _REMOVE:
+                record.pop(field, None)
+            else:
+                record[field] = value
+        if isinstance(record.get("params"), list) and record["params"]:
+            param = record["params"][0]
+            if isinstance(param, dict):
+                for field, value in param_changes:
+                    param.pop(field, None) if value is _REMOVE else param.__setitem__(field, value)
+        return record
+
+    value = _JSON | st.just(_REMOVE)
+    return st.builds(
+        mutate,
+        st.lists(st.tuples(st.sampled_from(_FIELDS), value), max_size=3),
+        st.lists(st.tuples(st.sampled_from(_PARAM_FIELDS), value), max_size=3),
+    )
+
+
+_REMOVE = object()
+
+
+def _report_exit_code(path: pathlib.Path) -> int:
+    """What gradguard report would decide for ``path``, through the reader's own functions."""
+    summary, count = analysis.summarize_files(path)
+    analysis.format_summary(summary)
+    json.dumps(summary.to_dict(), allow_nan=False)
+    return 2 if count == 0 else summary.exit_code
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=2000))
+def test_arbitrary_bytes_never_raise(tmp_path: pathlib.Path, data: bytes) -> None:
+    """Any bytes at all, alone or after a valid record: no exception, exit code 0, 1 or 2,
+    and the valid record is still read."""
+    log = tmp_path / "fuzz.jsonl"
+    log.write_bytes(data)
+    assert _report_exit_code(log) in (0, 1, 2)
+    log.write_bytes(json.dumps(_template()).encode() + b"\n" + data)
+    assert _report_exit_code(log) in (0, 1)
+    assert len(analysis.load(log).checks) >= 1
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(record=_mutations())
+def test_arbitrary_json_in_any_field_never_raises(tmp_path: pathlib.Path, record: Any) -> None:
+    """A record with arbitrary JSON values in any field: either schema-valid and summarized, or
+    skipped with a note; the summary, its text and its JSON never raise; the DataFrame builds."""
+    log = tmp_path / "fuzz.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    code = _report_exit_code(log)
+    logs = analysis.load(log)
+    assert code == (2 if len(logs) == 0 else analysis.summarize(logs).exit_code)
+    assert len(logs) == 1 or len(logs.notes) == 1
+    logs.to_dataframe()

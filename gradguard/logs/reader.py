@@ -267,9 +267,12 @@ def _parse(line: bytes | None, ended: bool) -> tuple[str, Any]:
     elif version == SCHEMA_VERSION and isinstance(event, str) and event not in _EVENTS:
         return "unknown event", f"event {event[:40]!r} is not one this gradguard reads, skipped"
     error = record_error(checked)
+    if error is not None and checked is not record:
+        return "newer schema, unreadable", (
+            f"schema {version} record that schema {SCHEMA_VERSION} cannot read ({error}), skipped"
+        )
     if error is not None:
-        kind = "newer schema, invalid" if checked is not record else "invalid record"
-        return kind, f"not a valid gradguard record ({error}), skipped"
+        return "invalid record", f"not a valid gradguard record ({error}), skipped"
     if isinstance(record["step"], float):  # JSON Schema's integer: 3.0 is 3
         record["step"] = int(record["step"])
     return ("newer" if checked is not record else "record"), record
