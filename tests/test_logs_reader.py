@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import math
 import os
@@ -13,20 +12,18 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from log_records import mutated_records, record_template, write_check
 from toy import Params, grad, loss
 
 import gradguard as gg
 from gradguard.guard import DISABLE_ENV
 from gradguard.logs import reader as analysis
 from gradguard.logs import records
-from gradguard.logs.records import SCHEMA_VERSION, check_record
-from gradguard.logs.writer import emit
-from gradguard.results import overall_status
+from gradguard.logs.records import SCHEMA_VERSION
 
 
 def make_params() -> Params:
@@ -506,21 +503,6 @@ def test_to_dataframe_of_a_log_without_checks_still_has_the_columns(
 # -- statuses zero and inconclusive ------------------------------------------------------------
 
 
-def relabel(report: gg.CheckReport, statuses: dict[str, gg.Status]) -> gg.CheckReport:
-    """``report`` as a check that ended with these tensor statuses would have written it."""
-    params = tuple(attrs.evolve(p, status=statuses.get(p.name, p.status)) for p in report.params)
-    status = overall_status(params)
-    return attrs.evolve(report, params=params, status=status, passed=status is gg.Status.PASS)
-
-
-def write_check(
-    log: pathlib.Path, statuses: dict[str, gg.Status], *, seed: int = 0, **context: Any
-) -> None:
-    """One check's record, with the given tensor statuses, through the real writer."""
-    report = relabel(gg.check(loss, make_params(), grad, seed=seed), statuses)
-    emit(check_record(report, gg.CheckContext(log_file=str(log), **context)), str(log))
-
-
 @pytest.fixture(scope="module")
 def new_statuses(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Three checks of one run: b zero (passes), W inconclusive, then both passing."""
@@ -817,53 +799,6 @@ def test_summarize_files_memory_does_not_grow_with_the_records(tmp_path: pathlib
 
 # -- property tests: anything at all in a file -----------------------------------------------
 
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-@functools.cache
-def _template() -> dict[str, Any]:
-    report = relabel(gg.check(loss, make_params(), grad, seed=0), {"b": gg.Status.ZERO})
-    return check_record(report, gg.CheckContext(run_id="r", step=3, label="t::x"))
-
-
-_FIELDS = sorted(_template())
-_PARAM_FIELDS = sorted(_template()["params"][0])
-
-
-def _mutations() -> st.SearchStrategy[dict[str, Any]]:
-    """A real record with some fields (top level and in a tensor's entry) replaced by arbitrary
-    JSON values, or removed."""
-
-    def mutate(changes: list[tuple[str, Any]], param_changes: list[tuple[str, Any]]) -> Any:
-        record = json.loads(json.dumps(_template()))
-        for field, value in changes:
-            if value is _REMOVE:
-                record.pop(field, None)
-            else:
-                record[field] = value
-        if isinstance(record.get("params"), list) and record["params"]:
-            param = record["params"][0]
-            if isinstance(param, dict):
-                for field, value in param_changes:
-                    param.pop(field, None) if value is _REMOVE else param.__setitem__(field, value)
-        return record
-
-    value = _JSON | st.just(_REMOVE)
-    return st.builds(
-        mutate,
-        st.lists(st.tuples(st.sampled_from(_FIELDS), value), max_size=3),
-        st.lists(st.tuples(st.sampled_from(_PARAM_FIELDS), value), max_size=3),
-    )
-
-
-_REMOVE = object()
-
 
 def _report_exit_code(path: pathlib.Path) -> int:
     """What gradguard report would decide for ``path``, through the reader's own functions."""
@@ -883,7 +818,7 @@ def test_arbitrary_bytes_never_raise(tmp_path: pathlib.Path, data: bytes) -> Non
     log = tmp_path / "fuzz.jsonl"
     log.write_bytes(data)
     assert _report_exit_code(log) in (0, 1, 2)
-    log.write_bytes(json.dumps(_template()).encode() + b"\n" + data)
+    log.write_bytes(json.dumps(record_template()).encode() + b"\n" + data)
     assert _report_exit_code(log) in (0, 1)
     assert len(analysis.load(log).checks) >= 1
 
@@ -891,7 +826,7 @@ def test_arbitrary_bytes_never_raise(tmp_path: pathlib.Path, data: bytes) -> Non
 @settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(record=_mutations())
+@given(record=mutated_records())
 def test_arbitrary_json_in_any_field_never_raises(tmp_path: pathlib.Path, record: Any) -> None:
     """A record with arbitrary JSON values in any field: either schema-valid and summarized, or
     skipped with a note; the summary, its text and its JSON never raise; the DataFrame builds."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import struct
 import subprocess
@@ -11,10 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from log_records import write_check
 from toy import Params, grad, grad_with_doubled_b, loss
 
 import gradguard as gg
 from gradguard import cli
+from gradguard.logs import load
+from gradguard.logs.plot import MAX_POINTS, PlotData
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -287,3 +291,244 @@ print(matplotlib.get_backend(), len(plt.get_fignums()))
     )
     assert result.stdout.split() == ["pdf", "0"]
     assert (tmp_path / "p.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+# -- statuses, exit codes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("statuses", "code", "verdict"),
+    [
+        ({"b": gg.Status.ZERO}, 0, "all 2 checks passed"),
+        ({"W": gg.Status.INCONCLUSIVE}, 1, "1 of 2 checks INCONCLUSIVE"),
+        ({"W": gg.Status.FAIL}, 1, "1 of 2 checks FAILED"),
+    ],
+)
+def test_an_inconclusive_check_is_not_a_pass(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pathlib.Path,
+    statuses: dict[str, gg.Status],
+    code: int,
+    verdict: str,
+) -> None:
+    """A zero tensor passes (exit 0); an inconclusive check exits 1 like a failed one, and the
+    summary and --json say which it was."""
+    log = tmp_path / "gc.jsonl"
+    write_check(log, {})
+    write_check(log, statuses)
+    exit_code, out, err = report(capsys, log)
+    assert (exit_code, err) == (code, "")
+    assert out.splitlines()[0] == f"gradguard report: {verdict} (1 run)"
+    exit_code, out, _ = report(capsys, log, "--json")
+    data = json.loads(out)
+    assert exit_code == code and data["passed"] is (code == 0)
+    assert data["inconclusive_checks"] == int("INCONCLUSIVE" in verdict)
+
+
+def test_a_hostile_file_exits_2_with_a_short_message(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    """A binary file (no record in it) exits 2 with one short line, not one note per line."""
+    log = tmp_path / "binary.jsonl"
+    log.write_bytes(bytes(range(256)) * 400 + b"\n" * 50 + b"\x00garbage\n" * 200)
+    code, out, err = report(capsys, log)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"gradguard: no gradguard records in {log} (")
+    assert len(err) < 1000 and err.count("\n") == 1
+
+
+def test_records_around_garbage_decide_the_exit_code(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, failing: pathlib.Path
+) -> None:
+    """Valid failing records among invalid lines (deep nesting, a huge integer, a wrong type)
+    exit 1, with the skipped lines in the notes."""
+    record = json.loads(failing.read_text().splitlines()[0])
+    log = tmp_path / "mixed.jsonl"
+    log.write_text(
+        "[" * 50_000
+        + "\n"
+        + '{"schema": 1, "event": "gradcheck", "step": '
+        + "1" * 5000
+        + "}\n"
+        + json.dumps({**record, "run_id": [1]})
+        + "\n"
+        + failing.read_text()
+    )
+    code, out, err = report(capsys, log)
+    assert (code, err) == (1, "")
+    notes = out.split("notes:\n")[1].splitlines()
+    assert [n.split(": ", 2)[1] for n in notes] == [
+        "nested deeper than 32, skipped",
+        "not JSON, skipped",
+        "not a valid gradguard record (record.run_id",
+    ]
+
+
+def test_standard_input_is_read_with_a_dash(tmp_path: pathlib.Path, failing: pathlib.Path) -> None:
+    """`... | gradguard report -` reads the pipe; so does /dev/stdin (a pipe, but stdin)."""
+    for name in ("-", "/dev/stdin"):
+        done = subprocess.run(
+            [sys.executable, "-m", "gradguard", "report", name],
+            input=failing.read_text(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, done.stderr
+        assert done.stdout.startswith("gradguard report: 3 of 3 checks FAILED")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_a_fifo_with_no_writer_exits_2_at_once(tmp_path: pathlib.Path) -> None:
+    """A FIFO given as a log path is refused at once (it would block), exit 2."""
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [sys.executable, "-m", "gradguard", "report", str(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"gradguard: {fifo} is a FIFO (named pipe), not a regular file")
+    assert "Traceback" not in done.stderr
+
+
+def test_output_cut_by_the_reader_keeps_the_exit_code(
+    tmp_path: pathlib.Path, failing: pathlib.Path
+) -> None:
+    """`gradguard report LOG | head -1`: no BrokenPipeError traceback, the exit code stays 1."""
+    done = subprocess.run(
+        f'{sys.executable} -m gradguard report {failing} | head -c 10; exit "${{PIPESTATUS[0]}}"',
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (1, "")
+
+
+# -- --plot paths ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("x.txt", "cannot draw a .txt file; give a name ending in .png, .svg, .pdf"),
+        ("adir", "is a directory: give a file name, such as "),
+        ("/dev/full", "--plot /dev/full exists and is not a regular file"),
+    ],
+)
+def test_a_plot_path_that_cannot_take_a_plot_exits_2_before_reading(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pathlib.Path,
+    passing: pathlib.Path,
+    target: str,
+    message: str,
+) -> None:
+    """--plot x.txt, a directory or a device exits 2 with a message naming the problem, and
+    prints no summary; nothing is written."""
+    if target == "adir":
+        (tmp_path / "adir").mkdir()
+    if target == "/dev/full" and not pathlib.Path(target).exists():
+        pytest.skip("needs Linux's /dev/full")
+    path = target if target.startswith("/") else str(tmp_path / target)
+    code, out, err = report(capsys, passing, "--plot", path)
+    assert (code, out) == (2, "")
+    assert err.startswith("gradguard: ") and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["adir"] if target == "adir" else [])
+
+
+@pytest.mark.parametrize(("name", "magic"), [("plot", PNG_SIGNATURE), ("p.svg", b"<?xml")])
+def test_the_plot_is_written_where_it_says(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pathlib.Path,
+    passing: pathlib.Path,
+    name: str,
+    magic: bytes,
+) -> None:
+    """A name without a suffix gets a PNG under exactly that name (not name.png); .svg an SVG."""
+    target = tmp_path / name
+    code, out, _ = report(capsys, passing, "--plot", target)
+    assert code == 0 and out.splitlines()[0] == f"plot written to {target}"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert target.read_bytes().startswith(magic)
+
+
+# -- the plot's content -----------------------------------------------------------------------
+
+
+def _fail_markers(figure: Any) -> list[list[tuple[float, float]]]:
+    """Per panel, the display positions of the red X failure markers."""
+    panels = []
+    for axes in figure.axes:
+        points = []
+        for collection in axes.collections:
+            if collection.get_paths() and tuple(collection.get_facecolor()[0][:3]) == (
+                0.8627450980392157,
+                0.0784313725490196,
+                0.23529411764705882,
+            ):  # crimson
+                transform = collection.get_offset_transform()
+                points += [tuple(p) for p in transform.transform(collection.get_offsets())]
+        panels.append(points)
+    return panels
+
+
+def test_two_failing_tensors_of_one_check_are_drawn_apart(tmp_path: pathlib.Path) -> None:
+    """W and b failing at the same step with the same difference: two markers, side by side."""
+    log = tmp_path / "two.jsonl"
+    write_check(log, {"W": gg.Status.FAIL, "b": gg.Status.FAIL}, run_id="r", step=4)
+    data = PlotData()
+    for record in load(log).checks:
+        record["params"] = [{**p, "difference": 0.5} for p in record["params"]]
+        data.add(record)
+    ((first, second),) = _fail_markers(data.figure())
+    assert abs(first[0] - second[0]) > 5 and first[1] == pytest.approx(second[1])
+
+
+def test_pytest_records_are_drawn_one_column_per_test_without_lines(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A pytest session is a panel with one tick per test (labelled with the test), its tensors
+    as points, no lines joining tests; a training run next to it keeps its lines."""
+    log = tmp_path / "session.jsonl"
+    for test, statuses in [
+        ("tests/test_m.py::test_a", {}),
+        ("tests/test_m.py::test_b", {"W": gg.Status.FAIL, "b": gg.Status.FAIL}),
+    ]:
+        write_check(log, statuses, run_id="pytest-1", source="pytest", label=test)
+    write_check(log, {}, run_id="train", step=0, source="guard")
+    data = PlotData()
+    for record in load(log).checks:
+        data.add(record)
+    figure = data.figure()
+    session, run = figure.axes[:2]
+    assert [t.get_text() for t in session.get_xticklabels()] == [
+        "test_m.py::test_a",
+        "test_m.py::test_b",
+    ]
+    assert session.get_lines() == [] or all(
+        line.get_linestyle() == "--" for line in session.get_lines()
+    )  # tolerance lines only
+    assert [line.get_label() for line in run.get_lines() if line.get_linestyle() != "--"] == [
+        "W",
+        "b",
+    ]
+    markers, _ = _fail_markers(figure)
+    assert len(markers) == 2 and abs(markers[0][0] - markers[1][0]) > 5
+    assert session.get_title(loc="left") == "pytest session pytest-1: 2 checks, 1 not passed"
+
+
+def test_a_long_run_is_drawn_from_a_bounded_number_of_points(tmp_path: pathlib.Path) -> None:
+    """Past MAX_POINTS a line keeps every second point: memory stays bounded on huge logs."""
+    log = tmp_path / "one.jsonl"
+    write_check(log, {}, run_id="r", step=0)
+    (record,) = load(log).checks
+    data = PlotData()
+    for step in range(3 * MAX_POINTS):
+        data.add({**record, "step": step})
+    series = data.panels["r"]["series"]
+    assert all(MAX_POINTS // 2 <= len(s["x"]) <= MAX_POINTS for s in series.values())
+    assert series["W"]["x"][:3] == [0.0, 4.0, 8.0]

@@ -8,9 +8,10 @@ figures and rc settings are left alone.
 A training run is a panel of lines over the steps, one per tensor. A pytest session is a
 panel of points, one column per test (its tensors side by side), never joined by lines: the
 tests are not a series. In both, a red X marks a failing tensor (two failing at one step or
-in one test are set side by side, not on top of each other), an orange diamond along the top
-an inconclusive one, a grey ring along the bottom one whose gradient is zero (its relative
-difference is noise over noise, so it is not drawn as a value).
+in one test are set side by side, not on top of each other), an orange diamond an
+inconclusive one (at its unresolved difference, or along the top when it has none), a grey
+ring along the bottom one whose gradient is zero (its relative difference is noise over
+noise, so it is not drawn as a value).
 
 :class:`PlotData` collects what it draws one record at a time with bounded memory: a series
 longer than :data:`MAX_POINTS` keeps every second point (and so on), and markers and tests
@@ -134,8 +135,11 @@ class PlotData:
                 name = f"{run}: {name}"
             status = param.get("status")
             y = finite(param.get("difference"))
-            if status in ("zero", "inconclusive"):
-                self._marker(panel, status, (x, name))
+            if status == "zero" or (status == "inconclusive" and y is None):
+                self._marker(panel, status, (x, None))
+                continue
+            if status == "inconclusive":
+                self._marker(panel, status, (x, max(y, _FLOOR)))  # type: ignore[type-var]
                 continue
             if y is None:
                 continue
@@ -181,6 +185,16 @@ class PlotData:
         Raises:
             MissingDependencyError: matplotlib is not installed.
         """
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format=fmt, dpi=120)
+        return buffer.getvalue()
+
+    def figure(self) -> Any:
+        """The matplotlib ``Figure`` (on an Agg canvas, outside pyplot).
+
+        Raises:
+            MissingDependencyError: matplotlib is not installed.
+        """
         try:
             from matplotlib import colormaps
             from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -219,7 +233,11 @@ class PlotData:
                         edgecolors="black", linewidths=0.5, transform=shifted,
                     )  # fmt: skip
                 for kind, y_band, style in _BANDS:
-                    xs = [m[0] for m in panel[kind]]
+                    at = [m[0] for m in panel[kind] if m[1] is not None]
+                    if at:  # an inconclusive difference, drawn where it is
+                        ys = [m[1] for m in panel[kind] if m[1] is not None]
+                        axes.scatter(at, ys, zorder=4, **style)
+                    xs = [m[0] for m in panel[kind] if m[1] is None]
                     if xs:
                         axes.scatter(xs, [y_band] * len(xs), transform=band, zorder=4, **style)
                 axes.set_xlabel("training step")
@@ -251,16 +269,16 @@ class PlotData:
         ]  # fmt: skip
         figure.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8)
         figure.suptitle(f"gradguard: {self.checks} checks, {self.failed} not passed", fontsize=11)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format=fmt, dpi=120)
-        return buffer.getvalue()
+        return figure
 
     def _draw_tests(self, axes: Any, panel: dict[str, Any], band: Any) -> None:
         colours = {"pass": "tab:blue", "fail": "crimson"}
         for index, slot, count, status, y in panel["points"]:
             # The tensors of one test side by side within its column, never on top of each other.
-            x = index + (0.0 if count == 1 else -0.3 + 0.6 * slot / (count - 1))
-            if status in ("zero", "inconclusive"):
+            x = index + (0.0 if count == 1 else -0.2 + 0.4 * slot / (count - 1))
+            if status == "inconclusive" and y is not None:
+                axes.scatter([x], [y], zorder=4, **_BAND_STYLE[status])
+            elif status in ("zero", "inconclusive"):
                 axes.scatter(
                     [x], [_BAND_Y[status]], transform=band, zorder=4, **_BAND_STYLE[status]
                 )
