@@ -10,7 +10,8 @@ hint) as the assertion message, and says how to replay it.
 
 Options:
     --gradguard-log PATH   append every check's record of the session to one JSON-lines file
-                           (each record's ``label`` is the test's node id)
+                           (each record's ``label`` is the test's node id; ``gradguard report``
+                           summarizes it test by test)
     --gradguard-seed N     use this seed for every check (replays a failure: the message of a
                            failing check gives its seed)
 
@@ -29,8 +30,8 @@ import pytest
 from gradguard.api import run_one
 from gradguard.context import CheckContext
 from gradguard.engine import Settings
-from gradguard.errors import GradientCheckError
-from gradguard.results import CheckReport
+from gradguard.errors import GradientCheckError, InconclusiveCheckError
+from gradguard.results import CheckReport, Status
 
 __all__ = ["GradCheck", "gradcheck"]
 
@@ -102,6 +103,8 @@ class GradCheck:
                 f"{report}\n\nreplay this check with: pytest {self.nodeid} "
                 f"--gradguard-seed {report.seed}"
             )
+            if report.status is Status.INCONCLUSIVE:  # not a pass either: the test fails
+                raise InconclusiveCheckError(message, report)
             raise GradientCheckError(message, report)
         return report
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -61,6 +63,46 @@ def test_gradguard_log_collects_every_check_of_the_session(pytester: pytest.Pyte
         ("test_grads.py::test_wrong", False, "pytest"),
     ]
     assert len({r["run_id"] for r in records}) == 1
+
+
+def test_gradguard_report_reads_a_session_test_by_test(pytester: pytest.Pytester) -> None:
+    """`gradguard report` on a session's log lists the tests, the failing one first with its
+    tensor; the tensor tables say which test each W and b is from (not "W 1 of 2"); the
+    exit code is 1; --json and the plot say the same."""
+    pytester.makepyfile(test_grads=NUMPY_TESTS)
+    pytester.runpytest("--gradguard-log", "checks.jsonl")
+    done = subprocess.run(
+        [sys.executable, "-m", "gradguard", "report", "checks.jsonl", "--plot", "p.png"],
+        cwd=pytester.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    text = done.stdout
+    tests = text.split("\ntests:\n")[1].split("\n\n")[0].splitlines()
+    assert [row.split() for row in tests[1:]] == [
+        ["test_grads.py::test_wrong", "1", "FAIL", "W"],
+        ["test_grads.py::test_right", "1", "pass", "-"],
+    ]
+    failures = text.split("failures by tensor:\n")[1].split("\n\n")[0].splitlines()
+    assert [row.split()[:4] for row in failures[1:]] == [
+        ["W", "test_grads.py::test_wrong", "1", "0"]
+    ]
+    assert (pytester.path / "p.png").read_bytes().startswith(b"\x89PNG")
+    data = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "gradguard", "report", "checks.jsonl", "--json"],
+            cwd=pytester.path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    )
+    assert [(t["test"], t["status"]) for t in data["tests"]] == [
+        ("test_grads.py::test_right", "pass"),
+        ("test_grads.py::test_wrong", "fail"),
+    ]
 
 
 def test_gradguard_seed_replays_a_check(pytester: pytest.Pytester) -> None:
