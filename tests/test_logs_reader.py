@@ -660,7 +660,7 @@ def good_line(tmp_path: pathlib.Path) -> str:
         ("[" * 100_000, "nested deeper than 32"),
         ('{"schema": 1, "event": "gradcheck", "x": ' + "9" * 5000 + "}", "not JSON"),
         ('{"schema": 1, "event": "gradcheck", "loss": NaN}', "not JSON"),
-        ('{"schema": 1, "event": "gradcheck", "loss": 1e999}', "not JSON"),
+        ('{"schema": 1, "event": "gradcheck", "loss": Infinity}', "not JSON"),
         ("\udcff\udcfe", "not JSON"),  # invalid UTF-8 on disk
     ],
 )
@@ -712,6 +712,23 @@ def test_records_with_wrong_field_types_are_skipped_with_the_reason(
     assert len(logs.checks) == 1
     (note,) = logs.notes
     assert note.startswith(f"{log}:2: ") and error in note and len(note) < 300
+
+
+def test_a_number_beyond_a_float_is_read_and_left_out_of_the_numbers(
+    tmp_path: pathlib.Path,
+) -> None:
+    """1e999 is valid JSON (it parses as infinity): the record is read, and the summary, its
+    text and its strict JSON leave the number out instead of failing on it."""
+    record = json.loads(good_line(tmp_path))
+    record["params"][0]["difference"] = 12345.5
+    log = tmp_path / "huge.jsonl"
+    log.write_text(json.dumps(record).replace("12345.5", "1e999") + "\n")
+    logs = analysis.load(log)
+    assert logs.checks[0]["params"][0]["difference"] == math.inf
+    summary = analysis.summarize(logs)
+    assert summary.tensors[0].worst_difference is None
+    json.dumps(summary.to_dict(), allow_nan=False)
+    analysis.format_summary(summary)
 
 
 def test_a_newer_schema_whose_field_types_changed_is_skipped_with_a_note(

@@ -4,10 +4,10 @@ Real log files are messy: a run that crashed mid-write leaves a truncated last l
 tools share the file, several runs append to it, and a file handed to ``gradguard report``
 may be anything at all. The reader streams: it reads one line at a time (at most
 :data:`MAX_LINE_BYTES`; longer lines are skipped without being held), refuses lines nested
-deeper than :data:`MAX_DEPTH`, parses strict JSON only, validates each record against the
-shipped JSON Schema (:mod:`gradguard.logs.validate`) and passes on only valid records. What it
-skips is counted by kind, with the first :data:`NOTE_EXAMPLES` lines of each kind named, in
-``notes``; it never raises on content.
+deeper than :data:`MAX_DEPTH`, parses strict JSON only (no ``NaN`` or ``Infinity``),
+validates each record against the shipped JSON Schema (:mod:`gradguard.logs.validate`) and
+passes on only valid records. What it skips is counted by kind, with the first
+:data:`NOTE_EXAMPLES` lines of each kind named, in ``notes``; it never raises on content.
 
 Memory: :func:`summarize_files` (what ``gradguard report`` uses) keeps the summary only, one
 entry per run, per (test, tensor) name and per test, plus one line of input: it does not grow
@@ -182,13 +182,6 @@ def _refuse_constant(token: str) -> Any:
     raise ValueError(f"{token} is not strict JSON")
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text} does not fit a float")
-    return value
-
-
 _BRACKETS = np.zeros(256, dtype=np.int8)
 _BRACKETS[[ord("["), ord("{")]] = 1
 _BRACKETS[[ord("]"), ord("}")]] = -1
@@ -253,8 +246,10 @@ def _parse(line: bytes | None, ended: bool) -> tuple[str, Any]:
     if _too_deep(text):
         return f"nested deeper than {MAX_DEPTH}", f"nested deeper than {MAX_DEPTH}, skipped"
     try:
-        record = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError):  # bad UTF-8, NaN, 1e999, a 5,000-digit int: ValueError
+        # A number beyond a float (1e999) parses as infinity: valid JSON, and every use of a
+        # number in the summary and the plot goes through validate.finite().
+        record = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # bad UTF-8, NaN, a 5,000-digit int: ValueError
         if not ended:
             return "truncated", "truncated last line skipped (a crash mid-write?)"
         return "not JSON", "not JSON, skipped"
