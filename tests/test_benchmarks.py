@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
+import tempfile
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -56,3 +58,14 @@ def test_keras_callback_benchmark_quick_run_reports_every_section() -> None:
     assert "| GradCheckCallback.on_train_batch_begin, switched off |" in out
     assert "## 3. A check vs the compiled forward floor" in out
     assert "Model variables bit-identical after every check: yes" in out
+
+
+def test_report_benchmark_quick_run_measures_memory_and_deletes_its_log() -> None:
+    """bench_report.py --quick reports time and peak memory, the log's checks all pass, and
+    the generated log is gone afterwards."""
+    before = set(pathlib.Path(tempfile.gettempdir()).glob("gradguard-bench-report-*"))
+    out = _run(str(BENCHMARKS / "bench_report.py"), "--quick")
+    assert "| report, 1-record log (the floor) | 0 |" in out
+    assert re.search(r"\| report --plot, 2\d MiB log \| 0 \|", out)
+    assert re.search(r"Peak resident memory on the 2\d MiB log over the 1-record log: ", out)
+    assert set(pathlib.Path(tempfile.gettempdir()).glob("gradguard-bench-report-*")) == before
