@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -220,7 +219,10 @@ def _lines(handle: BinaryIO) -> Iterator[tuple[int, bytes | None, bool]]:
 
 def _open(path: str) -> BinaryIO:
     if path == STDIN:
-        return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+        try:
+            return os.fdopen(os.dup(0), "rb")  # fd 0 itself, whatever sys.stdin was replaced by
+        except OSError as exc:
+            raise LogError(f"standard input cannot be read: {exc.strerror or exc}") from exc
     try:
         return open_regular(path, allow_stdin=True)
     except NotRegularFileError as exc:
