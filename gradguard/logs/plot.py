@@ -97,7 +97,9 @@ class PlotData:
         self.failed = 0
 
     def _panel(self, run: str, tests: bool) -> dict[str, Any]:
-        if run not in self.panels and len(self.panels) >= _MAX_PANELS - 1:
+        if run in self.panels:
+            return self.panels[run]
+        if len(self.panels) >= _MAX_PANELS - 1:  # runs past the first few share the last panel
             run = _OTHER
         return self.panels.setdefault(
             run,
