@@ -316,6 +316,7 @@ def test_an_inconclusive_check_is_not_a_pass(
     log = tmp_path / "gc.jsonl"
     write_check(log, {})
     write_check(log, statuses)
+    capsys.readouterr()  # what writing printed (an application's structlog, if configured)
     exit_code, out, err = report(capsys, log)
     assert (exit_code, err) == (code, "")
     assert out.splitlines()[0] == f"gradguard report: {verdict} (1 run)"
