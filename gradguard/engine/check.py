@@ -635,7 +635,7 @@ def _second_look(run: _Run, s: int, members: npt.NDArray[np.intp], e: Evidence) 
         # between the two steps). The a-priori round-off bound is often 5-50x too wide, but a
         # quarter of it guards against a measured noise that is small by chance.
         noise_level = max(error, 0.25 * roundoff)
-        smooth_limit = 8.0 * noise_level + tol * (abs(first.forward) + abs(first.backward))
+        smooth_limit = 8.0 * noise_level
         stuck = half_asymmetry > 0.75 * asymmetry and asymmetry > smooth_limit
         # Or the asymmetry shrinks far faster than a smooth function's, which halves with the
         # step: a kink lies between h/2 and h on one side.
@@ -645,7 +645,7 @@ def _second_look(run: _Run, s: int, members: npt.NDArray[np.intp], e: Evidence) 
             # Richardson estimate, exact to second order on the side without the kink.
             clean = [2.0 * half.forward - first.forward, 2.0 * half.backward - first.backward]
             best = min(clean, key=lambda c: abs(c - first.analytic))
-            allowed = tol * max(abs(first.analytic) + abs(best), e.scale)
+            allowed = tol * (abs(first.analytic) + abs(best)) + e.floor
             if abs(best - first.analytic) <= allowed + 4.0 * NOISE_FACTOR * roundoff:
                 e.numeric[j] = best
                 e.noise[j] = 4.0 * roundoff
