@@ -55,6 +55,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("numpy", "gradguard_numpy"),
     ("tensorflow", "gradguard_tensorflow"),
     ("torch", "gradguard_torch"),
+    ("jax", "gradguard_jax"),
 )
 """``(name, module)`` of the plugins that ship with gradguard, registered in this order."""
 
