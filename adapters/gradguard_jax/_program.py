@@ -115,6 +115,14 @@ class Program:
                 self.trace_s = time.perf_counter() - started
                 return
             self._check_output(traced.out_info)
+            extra = len(traced.jaxpr.jaxpr.invars) - len(checked) - flags
+            if extra > 0:  # inputs the caller did not pass: tracers the loss closes over
+                raise LossError(
+                    f"the loss uses {extra} JAX tracer(s) that leaked out of an earlier "
+                    "transformation (a value captured inside jax.jit, jax.grad or a scan and "
+                    "kept in a global or a closure); compute the loss from the params it "
+                    "receives and from concrete arrays"
+                )
             flow = analyze(traced.jaxpr, [True] * len(checked) + [False] * flags)
             if not flow.depends:
                 raise LossError(
