@@ -38,7 +38,10 @@ demo: $(STAMP)
 	@$(PY) examples/keras_callback.py --log $(DEMO_LOGS)/keras_callback.jsonl \
 	  2> $(DEMO_LOGS)/keras_callback.stderr || { cat $(DEMO_LOGS)/keras_callback.stderr; exit 1; }
 	@echo
-	@echo "=== 5. gradguard report over every log the demo wrote"
+	@echo "=== 5. JAX: a custom_vjp with a subtle backward bug, checked and guarded in an optax loop"
+	$(PY) examples/jax_custom_vjp.py --log $(DEMO_LOGS)/jax_custom_vjp.jsonl
+	@echo
+	@echo "=== 6. gradguard report over every log the demo wrote"
 	@$(VENV)/bin/gradguard report $(DEMO_LOGS)/*.jsonl --plot $(DEMO_LOGS)/gradcheck.png; \
 	  code=$$?; echo; \
 	  echo "gradguard report exited with $$code: 1 means a check failed (or was inconclusive), as expected here (the buggy"; \

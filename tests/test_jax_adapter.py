@@ -315,3 +315,32 @@ def test_guard_in_an_optax_loop_checks_and_leaves_training_bit_identical() -> No
     for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(guarded),
                     strict=True):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+# -- the example ------------------------------------------------------------------------------
+
+
+def _run_example(name: str, *args: str) -> str:
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / name
+    result = subprocess.run(
+        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_custom_vjp_example_catches_the_bug_upstream_and_trains_bit_identically(
+    tmp_path: Any,
+) -> None:
+    """examples/jax_custom_vjp.py fails hidden/* (upstream of the GELU), passes out/*, stops
+    the buggy optax loop at its first check, and leaves the fixed one bit-identical."""
+    log = tmp_path / "jax.jsonl"
+    out = _run_example("jax_custom_vjp.py", "--log", str(log))
+    assert "FAILED, 2 of 4 tensors wrong: hidden/bias, hidden/kernel" in out
+    assert "PASSED, all 4 tensors agree" in out
+    assert "x64 setting afterwards: False" in out
+    assert "trained 1 of 30 steps" in out
+    assert "trained 30 of 30 steps; bit-identical to training without a guard: True" in out
+    assert len(log.read_text().splitlines()) >= 4
