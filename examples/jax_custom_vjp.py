@@ -132,8 +132,9 @@ def main() -> None:
     plain, _ = train(False, None, with_guard=False)
     same = all(
         np.asarray(a).tobytes() == np.asarray(b).tobytes()
-        for a, b in zip(jax.tree_util.tree_leaves(guarded), jax.tree_util.tree_leaves(plain),
-                        strict=True)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(guarded), jax.tree_util.tree_leaves(plain), strict=True
+        )
     )
     print(f"   trained {steps} of 30 steps; bit-identical to training without a guard: {same}")
 

@@ -8,9 +8,9 @@ gradguard is a pluggy host, and its own behaviour is plugins too. Plugins come f
 2. the entry-point group ``gradguard`` of every installed distribution, which is how a
    third party ships one::
 
-       # pyproject.toml of a package "gradguard-jax"
+       # pyproject.toml of a package "gradguard-mlx"
        [project.entry-points.gradguard]
-       jax = "gradguard_jax"
+       mlx = "gradguard_mlx"
 
 3. :func:`register`, for a plugin object defined at run time (a test, a notebook).
 

@@ -69,3 +69,13 @@ def test_report_benchmark_quick_run_measures_memory_and_deletes_its_log() -> Non
     assert re.search(r"\| report --plot, 2\d MiB log \| 0 \|", out)
     assert re.search(r"Peak resident memory on the 2\d MiB log over the 1-record log: ", out)
     assert set(pathlib.Path(tempfile.gettempdir()).glob("gradguard-bench-report-*")) == before
+
+
+def test_jax_benchmark_quick_run_reports_both_sections() -> None:
+    """bench_jax.py --quick measures evaluations against a jitted forward and runs the peers."""
+    out = _run(str(BENCHMARKS / "bench_jax.py"), "--quick")
+    assert "## 1. Per-evaluation cost vs a jitted forward" in out
+    assert "## 2. Against jax.test_util.check_grads" in out
+    # check_grads' float32 false alarm on a correct function, and the bug only gradguard sees.
+    assert "| sum(tanh(x)**2), x = ones(3) (correct) | yes | check_grads order=2 | FAIL |" in out
+    assert "| no | gradguard.check | FAIL" in out and "hidden/bias, hidden/kernel |" in out

@@ -73,12 +73,21 @@ def test_nnx_and_equinox_names() -> None:
     """An NNX module is named by its attribute paths; an Equinox module by its fields."""
     model, loss = jax_models.all_cases()[4].build()
     names = [t.name for t in gg.check(loss, model).params]
-    assert names == ["hidden/bias", "hidden/kernel", "norm/bias", "norm/scale", "out/bias",
-                     "out/kernel"]
+    assert names == [
+        "hidden/bias",
+        "hidden/kernel",
+        "norm/bias",
+        "norm/scale",
+        "out/bias",
+        "out/kernel",
+    ]
     module, eloss = jax_models.all_cases()[6].build()
     report = gg.check(eloss, module)
     assert [t.name for t in report.params] == [
-        "hidden/weight", "hidden/bias", "out/weight", "out/bias"
+        "hidden/weight",
+        "hidden/bias",
+        "out/weight",
+        "out/bias",
     ]  # the integer field `steps` is not a parameter
 
 
@@ -312,8 +321,9 @@ def test_guard_in_an_optax_loop_checks_and_leaves_training_bit_identical() -> No
     plain, _ = _train(with_guard=False)
     guarded, reports = _train(with_guard=True)
     assert len(reports) == 2 and all(r.passed for r in reports)
-    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(guarded),
-                    strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(guarded), strict=True
+    ):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 

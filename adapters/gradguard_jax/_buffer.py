@@ -118,9 +118,7 @@ class WorkBuffers:
             return
         original = self.original_eval(segment)
         work[local] = original[local]
-        if self.dirty == segment and (
-            self._single == local or np.array_equal(work, original)
-        ):
+        if self.dirty == segment and (self._single == local or np.array_equal(work, original)):
             self._clean()
 
     def current(self, segment: int) -> npt.NDArray[Any]:

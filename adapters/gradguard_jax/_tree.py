@@ -103,27 +103,27 @@ def _leaf_dtype(name: str, value: Any) -> np.dtype[Any]:
             "checked: write a float, or leave it out of params (close over it in the loss)"
         )
     if isinstance(value, float):
-        return np.dtype(jnp.asarray(value).dtype)
+        return np.dtype(str(jnp.asarray(value).dtype))
     dtype = getattr(value, "dtype", None)
     if dtype is None:
         raise InvalidParamsError(
             f"parameter {name!r} is a {type(value).__name__}, not an array; params must be a "
             "pytree of JAX arrays, a Flax NNX module or an Equinox module"
         )
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
         raise InvalidParamsError(
             f"parameter {name!r} is a PRNG key array ({dtype}); it cannot be checked: leave "
             "it out of params (pass it to the loss through a closure)"
         )
-    dtype = np.dtype(dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
+    result: np.dtype[Any] = np.dtype(str(dtype))
+    if not jnp.issubdtype(result, jnp.floating):
         raise InvalidParamsError(
-            f"parameter {name!r} (shape {tuple(value.shape)}) has dtype {dtype}; only "
+            f"parameter {name!r} (shape {tuple(value.shape)}) has dtype {result}; only "
             "floating-point leaves can be checked: leave integer and bool arrays out of "
             "params (close over them in the loss), or pass an Equinox module (its "
             "non-float leaves are static) or a Flax NNX module (only nnx.Param is checked)"
         )
-    return dtype
+    return result
 
 
 def _check_names(names: list[str], paths: list[tuple[Any, ...]]) -> None:
@@ -185,7 +185,7 @@ def _split_pytree(params: Any) -> Split:
         leaves=[leaf for _, leaf in with_paths],
         checked=checked,
         names=names,
-        rebuild=treedef.unflatten,
+        rebuild=lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves),
         name_of=key_name,
         static_key=("pytree", treedef),
     )
@@ -194,7 +194,8 @@ def _split_pytree(params: Any) -> Split:
 def _split_nnx(module: Any) -> Split:
     from flax import nnx
 
-    graphdef, param_state, rest_state = nnx.split(module, nnx.Param, ...)
+    parts: tuple[Any, ...] = nnx.split(module, nnx.Param, ...)
+    graphdef, param_state, rest_state = parts
     p_paths, p_def = jax.tree_util.tree_flatten_with_path(param_state)
     r_leaves, r_def = jax.tree_util.tree_flatten(rest_state)
 
@@ -202,8 +203,9 @@ def _split_nnx(module: Any) -> Split:
     count = len(p_paths)
 
     def rebuild(leaves: list[Any]) -> Any:
+        unflatten = jax.tree_util.tree_unflatten
         return nnx.merge(
-            graphdef, p_def.unflatten(leaves[:count]), r_def.unflatten(leaves[count:])
+            graphdef, unflatten(p_def, leaves[:count]), unflatten(r_def, leaves[count:])
         )
 
     return Split(
@@ -225,7 +227,7 @@ def _split_equinox(module: Any) -> Split:
     checked, names, _ = _collect(with_paths, key_name)
 
     def rebuild(leaves: list[Any]) -> Any:
-        return eqx.combine(treedef.unflatten(leaves), static)
+        return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
 
     return Split(
         kind="equinox",

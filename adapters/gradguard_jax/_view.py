@@ -171,8 +171,9 @@ class JaxView(FlatView):
                 checked, others = self._inputs(precision)
         else:
             checked, others = self._inputs(precision)
-        avals = tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in
-                      [*checked, *others])
+        avals = tuple(
+            (np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in [*checked, *others]
+        )
         key = None if self._split.static_key is None else (self._split.static_key, avals)
         program, self._reused = build_program(
             self._loss,
@@ -185,9 +186,7 @@ class JaxView(FlatView):
         if not program.traced:
             program.trace(checked, others, len(others))
         self._checked, self._others = checked, others
-        self._buffers = WorkBuffers(
-            self._saved, [np.dtype(np.asarray(c).dtype) for c in checked]
-        )
+        self._buffers = WorkBuffers(self._saved, [np.dtype(np.asarray(c).dtype) for c in checked])
         return program
 
     # -- FlatView ----------------------------------------------------------------------------
@@ -225,11 +224,10 @@ class JaxView(FlatView):
         dirty = buffers.dirty
         if dirty is not None:
             checked = list(checked)
-            with program.context():
-                # jnp.array copies: the work buffer changes under the next probe.
-                checked[dirty] = jnp.array(
-                    buffers.current(dirty).reshape(self.layout[dirty].shape)
-                )
+            # A NumPy copy goes to the compiled call as it is (JAX's C++ path transfers it,
+            # faster than jnp.array); a copy, because the work buffer changes under the next
+            # probe and the CPU backend may alias NumPy memory.
+            checked[dirty] = buffers.current(dirty).reshape(self.layout[dirty].shape).copy()
         value = program.evaluate(checked, self._others)
         return scalar_loss_value(np.asarray(value))
 

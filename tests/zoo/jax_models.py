@@ -74,7 +74,10 @@ def _pytree_mlp(scale: float, dtype: Any) -> tuple[Any, Callable[[Any], Any]]:
     x, y = _data(dtype)
     k1, k2 = jax.random.split(jax.random.key(0))
     params = {
-        "hidden": {"kernel": jax.random.normal(k1, (4, 8), dtype) * 0.5, "bias": jnp.zeros(8, dtype)},
+        "hidden": {
+            "kernel": jax.random.normal(k1, (4, 8), dtype) * 0.5,
+            "bias": jnp.zeros(8, dtype),
+        },
         "out": {"kernel": jax.random.normal(k2, (8, 1), dtype) * 0.5, "bias": jnp.zeros(1, dtype)},
     }
     act = scaled_tanh(scale)
