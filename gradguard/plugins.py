@@ -56,6 +56,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("tensorflow", "gradguard_tensorflow"),
     ("torch", "gradguard_torch"),
     ("jax", "gradguard_jax"),
+    ("keras", "gradguard_keras"),
 )
 """``(name, module)`` of the plugins that ship with gradguard, registered in this order."""
 

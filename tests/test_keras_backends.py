@@ -1,0 +1,38 @@
+"""gradguard_keras.GradCheckCallback on the TensorFlow, JAX and PyTorch backends of Keras 3.
+
+Keras reads ``KERAS_BACKEND`` once, at import, so each backend runs in its own process
+(tests/keras_backends/run_backend.py). On each: a ``keras.ops.custom_gradient`` whose backward
+is 1.5x too large is caught during ``fit`` and the layer feeding it is named; with the correct
+rule the checks pass, and the trained weights are bit-identical to a ``fit`` without the
+callback.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parent / "keras_backends" / "run_backend.py"
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_callback_catches_a_custom_gradient_bug_and_leaves_training_bit_identical(
+    backend: str,
+) -> None:
+    """The same callback, through Keras's stateless API, on every backend."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert f"backend {backend}" in lines
+    assert "buggy checks 2" in lines
+    assert "buggy failed sequential/hidden/bias,sequential/hidden/kernel" in lines
+    assert "correct checks 2 passed True" in lines
+    assert "bit-identical True" in lines
+    assert f"adapter keras {backend}" in lines
