@@ -11,7 +11,8 @@ corrupts: those upstream of the activation.
 Then the same check runs in a plain optax training loop through a ``gradguard.Guard``. The
 loop makes a new params pytree every step, so it hands the guard the current one
 (``guard.params = params``) before ``guard.step()``: on the buggy model the guard stops
-training at the first check; on the fixed one it switches itself off after two passing
+training at the first check (``on_failure="stop"``, the default, warns with the table and
+sets ``guard.should_stop``); on the fixed one it switches itself off after two passing
 checks, and the trained weights are bit-identical to training without a guard.
 
 Run: ``python examples/jax_custom_vjp.py [--log PATH]`` (about ten seconds).
@@ -95,11 +96,10 @@ def train(buggy: bool, guard_log: str | None, with_guard: bool = True) -> tuple[
         params, state = step(params, state)
         if with_guard:
             guard.params = params  # the loop's new pytree: the guard checks this one
-            try:
-                guard.step()
-            except gg.GradientCheckError as exc:
-                print(f"  step {i}: the guard stopped training:")
-                print("   ", str(exc).splitlines()[0])
+            guard.step()
+            if guard.should_stop:  # on_failure="stop", the default: it warned with the table
+                failed = ", ".join(guard.reports[-1].failed)
+                print(f"  step {i}: the guard stopped training: gradient check failed on {failed}")
                 return params, i + 1
     return params, 30
 

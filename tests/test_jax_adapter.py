@@ -349,6 +349,7 @@ def test_custom_vjp_example_catches_the_bug_upstream_and_trains_bit_identically(
     log = tmp_path / "jax.jsonl"
     out = _run_example("jax_custom_vjp.py", "--log", str(log))
     assert "FAILED, 2 of 4 tensors wrong: hidden/bias, hidden/kernel" in out
+    assert "the guard stopped training: gradient check failed on hidden/bias, hidden/kernel" in out
     assert "PASSED, all 4 tensors agree" in out
     assert "x64 setting afterwards: False" in out
     assert "trained 1 of 30 steps" in out

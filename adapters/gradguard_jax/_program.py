@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradguard.errors import GradientError, LossError
+from gradguard.kit.validate import check_loss_value
 from gradguard_jax._jaxpr import analyze
 
 __all__ = ["Float64Unavailable", "Program", "build_program", "loss_dtype_of"]
@@ -241,7 +242,9 @@ def build_program(
             leaves[i] = value
         for i, value in zip(other_at, others, strict=True):
             leaves[i] = value
-        value = jnp.asarray(loss(rebuild(leaves)))
+        result = loss(rebuild(leaves))
+        check_loss_value(result)  # (loss, extras) is refused as by every adapter
+        value = jnp.asarray(result)
         return value.reshape(()) if value.size == 1 else value  # jax.grad needs shape ()
 
     program = Program(function, precision)
