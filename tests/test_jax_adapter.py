@@ -285,7 +285,8 @@ def test_untraceable_loss_runs_eagerly_with_a_given_gradient() -> None:
     """A loss that converts a traced value to Python runs eagerly; the notes say so."""
 
     def loss(p: Any) -> Any:
-        sign = 1.0 if float(jnp.sum(p["b"])) >= 0 else -1.0
+        # float() of a traced value: untraceable; always 1.0, so no step can flip it.
+        sign = 1.0 if float(jnp.sum(p["w"] ** 2)) >= 0 else -1.0
         return sign * linear_loss(p)
 
     report = gg.check(loss, linear_params(), jax.grad(linear_loss))
