@@ -15,6 +15,7 @@ from gradguard.engine import Settings
 from gradguard.engine.layout import Layout, Segment
 from gradguard.errors import (
     AdapterNotFoundError,
+    ConcurrentCheckError,
     GradGuardError,
     GradGuardLogWarning,
     GradientCheckError,
@@ -40,6 +41,7 @@ __all__ = [
     "AdapterNotFoundError",
     "CheckContext",
     "CheckReport",
+    "ConcurrentCheckError",
     "FlatView",
     "GradGuardError",
     "GradGuardLogWarning",

@@ -14,6 +14,8 @@ from gradguard.coverage import Coverage
 from gradguard.engine import Settings, run_check
 from gradguard.errors import AdapterNotFoundError
 from gradguard.kit.contract import Adapter
+from gradguard.kit.lifetime import OpenView, RandomStates
+from gradguard.kit.signals import session
 from gradguard.kit.validate import check_loss_callable, describe_leaf, unclaimed_leaves
 from gradguard.logs.paths import log_file_path
 from gradguard.plugins import get_plugin_manager
@@ -166,14 +168,17 @@ def run_one(
 ) -> CheckReport:
     """One check with validated settings, reported to the plugins: what every front door calls."""
     check_loss_callable(loss)
-    adapter = find_adapter(params)
-    # A model sharded over processes is checked by every rank at once: the ranks must draw
-    # the same coordinates and directions, so they agree on one seed (collective; else None).
-    seed = settings.seed if settings.seed is not None else secrets.randbits(32)
-    agreed = get_plugin_manager().hook.gradguard_collective_seed(params=params, seed=seed)
-    if agreed is not None:
-        settings = attrs.evolve(settings, seed=int(agreed))
-    with adapter.open(params, loss, grad) as view:
-        report = run_check(view, settings, coverage)
-    notify(report, context)
+    # Ctrl-C deferred while state is half-changed, one check per tensor at a time, and the
+    # global random states (which loading the plugins would move) put back at the end.
+    with session(), RandomStates():
+        adapter = find_adapter(params)
+        # A model sharded over processes is checked by every rank at once: the ranks must
+        # draw the same coordinates and directions, so they agree on one seed (collective).
+        seed = settings.seed if settings.seed is not None else secrets.randbits(32)
+        agreed = get_plugin_manager().hook.gradguard_collective_seed(params=params, seed=seed)
+        if agreed is not None:
+            settings = attrs.evolve(settings, seed=int(agreed))
+        with OpenView(adapter, params, loss, grad) as view:
+            report = run_check(view, settings, coverage)
+        notify(report, context)
     return report

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdapterNotFoundError",
+    "ConcurrentCheckError",
     "GradGuardError",
     "GradGuardLogWarning",
     "GradientCheckError",
@@ -97,3 +98,7 @@ class GradientCheckWarning(UserWarning):
 
 class GradGuardLogWarning(RuntimeWarning):
     """A log record could not be written; the check itself went on."""
+
+
+class ConcurrentCheckError(GradGuardError, RuntimeError):
+    """A check was started inside another check of the same tensors, in the same thread."""

@@ -320,20 +320,30 @@ class _Float32Only(torch.autograd.Function):
         return g * 2.0
 
 
-def test_shadow_falls_back_when_the_module_cannot_be_copied_or_run_in_float64(data: Any) -> None:
-    """A module deepcopy cannot copy, or a backward without float64 support, switches the
-    check to in-place evaluation with the reason in the notes; nothing is left changed."""
+def test_shadow_falls_back_when_the_module_cannot_be_copied(data: Any) -> None:
+    """A module deepcopy cannot copy switches the check to in-place evaluation with the
+    reason in the notes; nothing is left changed."""
     x, y = data
     locked = _Locked()
+    before = state_bytes(locked)
     report = gg.check(lambda m: F.mse_loss(m(x), y), locked, seed=0)
     assert report.passed and "could not be copied" in report.notes["evaluation"]
+    assert state_bytes(locked) == before
 
+
+def test_an_exception_in_the_shadow_surfaces_with_the_way_to_evaluate_in_place(data: Any) -> None:
+    """A loss that raises in the float64 shadow (a float32-only backward) is not silently
+    checked some other way: the user's own exception reaches the caller, with a note naming
+    the shadow and how to evaluate in place; nothing is left changed."""
+    x, y = data
     model = mlp(torch.float32)
     before = state_bytes(model)
-    report = gg.check(lambda m: F.mse_loss(_Float32Only.apply(m(x)), y), model, seed=0)
-    assert report.passed and report.dtype == "float32", str(report)
-    assert "float32 kernel only" in report.notes["evaluation"]
+    with pytest.raises(RuntimeError, match="float32 kernel only") as caught:
+        gg.check(lambda m: F.mse_loss(_Float32Only.apply(m(x)), y), model, seed=0)
+    assert "float64 shadow copy" in "".join(caught.value.__notes__)
+    assert "TorchAdapter(shadow=False)" in "".join(caught.value.__notes__)
     assert state_bytes(model) == before
+    assert torch.get_default_dtype() == torch.float32
 
 
 def test_a_plugin_can_ask_for_in_place_evaluation(data: Any) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, ClassVar
 
 from gradguard.kit.contract import Adapter, FlatView
+from gradguard.kit.locks import default_keys
 from gradguard_tensorflow._options import TFParams
 
 __all__ = ["TensorFlowAdapter"]
@@ -31,3 +32,19 @@ class TensorFlowAdapter(Adapter):
             precision = params.precision
             params = params.params
         return TensorFlowView(params, loss, grad, precision)
+
+    def lock_keys(self, params: Any) -> Iterable[Hashable]:
+        """The storage of every variable the check reads or writes, and the params object.
+
+        A model and a list of its variables are the same variables: their checks take turns.
+        """
+        from gradguard_tensorflow._params import collect, resource_of
+
+        keys = set(default_keys(params))
+        try:
+            collected = collect(params.params if isinstance(params, TFParams) else params)
+        except Exception:  # open() raises the error that explains it
+            return keys
+        for variable in [*(s.variable for s in collected.slots), *collected.state]:
+            keys.add(("tensorflow", id(resource_of(variable))))
+        return keys

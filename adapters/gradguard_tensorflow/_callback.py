@@ -21,6 +21,7 @@ import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no t
 from gradguard.engine import Settings
 from gradguard.errors import GradGuardError, InvalidParamsError, LossError, SettingsError
 from gradguard.guard import Guard, Schedule, disabled_by_environment
+from gradguard.kit.signals import protected, session
 from gradguard.policy import DEFAULT_ON_FAILURE, OnFailure, validate_on_failure
 from gradguard.results import CheckReport
 from gradguard_tensorflow._distribute import outside_strategy
@@ -453,7 +454,7 @@ def _evaluate_once(loss: ModelLoss) -> float:
     """
     variables = [v for v in loss.model.variables if isinstance(v, keras.Variable)]
     mapping = [(v, tf.convert_to_tensor(v.value)) for v in variables]
-    with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+    with session(), protected(keras.StatelessScope(state_mapping=mapping, collect_losses=True)):
         value = loss()
     return float(np.asarray(value))
 

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no type information
 
 from gradguard.errors import LossError
+from gradguard.kit.signals import protected
 from gradguard.kit.validate import check_loss_value
 from gradguard_tensorflow._graph import captured_resources, float_precisions, written_resources
 from gradguard_tensorflow._params import Slot, resource_of
@@ -338,7 +339,7 @@ class StatelessFunctions:
             chosen = [
                 _perturbed(value, t, count, seg, idx, upd, dense) for t, value in enumerate(values)
             ]
-            with scope(chosen, state_values):
+            with protected(scope(chosen, state_values)):
                 out = scalar_loss(loss(params))
             self.written.reset()
             return out
@@ -348,7 +349,7 @@ class StatelessFunctions:
             state_values = read(self.state_variables)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(values)
-                with scope(values, state_values):
+                with protected(scope(values, state_values)):
                     out = scalar_loss(loss(params))
             grads = tape.gradient(out, values, unconnected_gradients=tf.UnconnectedGradients.NONE)
             self.written.reset()
@@ -362,7 +363,7 @@ class StatelessFunctions:
             state_values = read(self.state_variables)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(resources)
-                with scope(resources, state_values):
+                with protected(scope(resources, state_values)):
                     out = scalar_loss(loss(params))
             grads = tape.gradient(
                 out, resources, unconnected_gradients=tf.UnconnectedGradients.NONE
@@ -384,7 +385,7 @@ class StatelessFunctions:
         started = time.perf_counter()
         try:
             if self.float64:
-                with float64_trace(self.roots, self.loss):
+                with protected(float64_trace(self.roots, self.loss)):
                     yield
             else:
                 yield
@@ -568,7 +569,7 @@ class AssignProgram(Program):
                     ),
                     lambda: tf.constant(False),
                 )
-            with scope():
+            with protected(scope()):
                 out = scalar_loss(loss(params))
             # Automatic control dependencies order these writes after the loss's reads.
             for t, (variable, original) in enumerate(zip(resources, originals, strict=True)):
@@ -583,7 +584,7 @@ class AssignProgram(Program):
         def gradient() -> Any:
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(resources)
-                with scope():
+                with protected(scope()):
                     out = scalar_loss(loss(params))
             grads = tape.gradient(
                 out, resources, unconnected_gradients=tf.UnconnectedGradients.NONE

@@ -10,22 +10,27 @@ How a check runs (``docs/pytorch.md`` has the measurements behind each choice):
   evaluated in a private **float64 shadow copy** (``copy.deepcopy`` then ``.double()``), with
   its inputs and the loss's own tensors lifted to float64 (:mod:`gradguard_torch._precision`):
   the engine then uses float64 steps and tolerances and sees bugs far below float32 noise.
-  The user's module is never written to. If the shadow cannot be built or evaluated (a
-  module that cannot be deep-copied, a loss that does not use the module it is given, an op
-  without float64 support), the check falls back to evaluating in place, in the model's own
-  dtype, and ``report.notes["evaluation"]`` says why. Float64 models and tensor containers
+  The check never writes to the user's module. If the shadow cannot be built or used (a
+  module that cannot be deep-copied, a loss that does not use the module it is given), the
+  check falls back to evaluating in place, in the model's own dtype, and
+  ``report.notes["evaluation"]`` says why; an exception the loss raises in the shadow reaches
+  the caller, with a note on evaluating in place. Float64 models and tensor containers
   are evaluated in place: perturbed values are written into the tensors' storage under
   ``.data`` (no autograd version bump, so a graph built before the check stays usable) and
   the saved originals written back.
 * **The analytic gradient** comes from ``torch.autograd.grad`` (``.grad`` fields untouched),
-  computed with the first evaluation at the unperturbed point, so that a shadow that fails in
-  the backward pass can still fall back before any step size is chosen. A parameter that
-  autograd gives no gradient (a detached branch) counts as zero.
+  computed with the first evaluation at the unperturbed point, before any step size is
+  chosen. A parameter that autograd gives no gradient (a detached branch) counts as zero.
+  Through ``torch.utils.checkpoint(..., use_reentrant=True)``, which refuses
+  ``torch.autograd.grad``, a module's gradient comes from ``.backward()``, every ``.grad`` it
+  reaches saved and put back.
 * **Repeatability.** Every evaluation and the gradient start from the same global RNG state
   (CPU, and CUDA when initialized), and buffers that an evaluation changes (BatchNorm running
   statistics in train mode) are put back before the next one: a model left in train mode with
-  Dropout gives the same loss every time. The RNG states, buffers and parameters are restored
-  exactly when the view closes, whatever happened.
+  Dropout gives the same loss every time; so does a module whose noise comes from a
+  ``torch.Generator`` it holds. The RNG states, generators, buffers and parameters of the
+  user's module (which a loss may reach through its closure, even when a shadow is
+  evaluated) are restored exactly when the view closes, whatever happened.
 * **TF32** is switched off for the duration of a check on CUDA, and restored.
 """
 
@@ -35,7 +40,7 @@ import copy
 import itertools
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,6 +50,7 @@ import torch
 from gradguard.engine.layout import Layout
 from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, LossError
 from gradguard.kit.contract import Adapter, FlatView, IndexArray, scalar_loss_value
+from gradguard.kit.signals import deferred, entered, left, transition
 from gradguard.kit.tree import Path, path_name, walk, walk_like
 from gradguard.kit.validate import check_loss_value
 from gradguard_torch._precision import LOW_PRECISION, Float64Mode, cast_inputs
@@ -67,6 +73,15 @@ _LOSS_DTYPES = {**_NUMPY_DTYPES, torch.bfloat16: np.dtype(np.float16)}
 class _NoDependenceError(LossError):
     """The loss has no autograd path from the checked parameters."""
 
+
+_SHADOW_RAISED = (
+    "gradguard raised this while evaluating the loss on its float64 shadow copy of the "
+    "model (float32/float16 models are checked in float64, see docs/pytorch.md). If the "
+    "loss or an op in it cannot run in float64 (a float32-only kernel), evaluate the model "
+    "in place in its own dtype: register a plugin returning "
+    "gradguard_torch.TorchAdapter(shadow=False) (docs/pytorch.md, 'Evaluation')"
+)
+_REENTRANT = "use_reentrant=True"
 
 _NO_DEPENDENCE = (
     "the loss does not depend on any of the checked parameters (autograd finds no path from "
@@ -255,6 +270,28 @@ class _RngState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
+class _Generators:
+    """``torch.Generator`` objects a module holds as attributes: replayed, and restored.
+
+    A module that draws its noise from a generator of its own (``torch.randn(...,
+    generator=self.gen)``) would otherwise draw new noise at every evaluation and be judged
+    nondeterministic; each evaluation starts from the state the check found instead.
+    """
+
+    def __init__(self, module: torch.nn.Module | None) -> None:
+        found: dict[int, torch.Generator] = {}
+        if module is not None:
+            for submodule in module.modules():
+                for value in vars(submodule).values():
+                    if isinstance(value, torch.Generator):
+                        found.setdefault(id(value), value)
+        self.saved = [(g, g.get_state()) for g in found.values()]
+
+    def replay(self) -> None:
+        for generator, state in self.saved:
+            generator.set_state(state)
+
+
 class _Buffers:
     """A module's buffers: replayed when evaluations change them, restored at the end."""
 
@@ -339,6 +376,15 @@ class _Slot:
     def restore(self) -> None:
         self.data.copy_(self.saved)
 
+    def restore_user(self) -> None:
+        """Put the user's tensor back when evaluations ran elsewhere (a loss may write to it
+        through a closure)."""
+        if self.target is self.user:
+            self.restore()
+            return
+        original = torch.from_numpy(self.original.copy()).view(self.shape)
+        self.user.data.copy_(original.to(device=self.user.device, dtype=self.user.dtype))
+
 
 class _Grads:
     """``.grad`` fields, saved when a user-supplied gradient function may touch them."""
@@ -396,6 +442,11 @@ class TorchView(FlatView):
         self._shadow: torch.nn.Module | None = None
         self._grads: _Grads | None = None
         self._rng = _RngState()
+        # The user's own buffers and generators, saved before anything runs: a loss that
+        # calls the model from its closure updates them even while a shadow is evaluated.
+        self._user_buffers = _Buffers(self._module)
+        self._user_generators = _Generators(self._module)
+        self._generators = self._user_generators
         self._grad_enabled = torch.is_grad_enabled()
         wants_shadow = self._module is not None and shadow and self._needs_float64(self._module)
         if wants_shadow:
@@ -431,6 +482,7 @@ class TorchView(FlatView):
         by_name = dict(shadow.named_parameters())
         self._slots = [_Slot(name, t, by_name[name]) for name, t in self._entries]
         self._buffers = _Buffers(shadow)
+        self._generators = _Generators(shadow)
         self._presented = shadow
         self._loss_dtype: np.dtype[Any] = np.dtype(np.float64)
         self._notes["evaluation"] = "float64 shadow copy"
@@ -443,7 +495,8 @@ class TorchView(FlatView):
         self._seen_loss_dtype = None
         self._presented = self._module if self._module is not None else self._template
         self._slots = [_Slot(name, t, t) for name, t in self._entries]
-        self._buffers = _Buffers(self._module)
+        self._buffers = self._user_buffers
+        self._generators = self._user_generators
         self._loss_dtype = _least_precise(*(slot.np_dtype for slot in self._slots))
         self._notes.setdefault("evaluation", "in place")
         if callable(self._grad):  # a user gradient function may run backward() on them
@@ -463,6 +516,7 @@ class TorchView(FlatView):
         """Call ``function`` on what the loss sees, from the saved RNG and buffer state."""
         self._rng.replay()
         self._buffers.replay()
+        self._generators.replay()
         with torch.set_grad_enabled(grad_enabled):
             if self._shadow is not None:
                 with Float64Mode():
@@ -510,6 +564,8 @@ class TorchView(FlatView):
         self._rng.replay()
         if self._buffers.mutable:
             self._buffers.replay()
+        if self._generators.saved:
+            self._generators.replay()
         if torch.is_grad_enabled():
             torch.set_grad_enabled(False)
         if self._shadow is not None:
@@ -523,9 +579,9 @@ class TorchView(FlatView):
     def _first_evaluation(self) -> float:
         """The loss at the unperturbed point, and the analytic gradient with it.
 
-        In a shadow, anything that fails (an op without float64 support, a custom backward
-        that mixes dtypes, a loss that ignores the module it is given) switches the check to
-        in-place evaluation before the engine has chosen a step from the loss dtype.
+        In a shadow, a loss that ignores the module it is given switches the check to
+        in-place evaluation before the engine has chosen a step from the loss dtype; an
+        exception the loss raises in the shadow surfaces, with a note on evaluating in place.
         """
         self._first = False
         if self._shadow is not None:
@@ -536,10 +592,14 @@ class TorchView(FlatView):
                     "the loss does not use the module it is given; write it as "
                     "lambda m: ... m(x) ... to have it evaluated in float64"
                 )
+                # The shadow's try ran the user's module through the closure.
+                self._user_buffers.restore()
+                self._user_generators.replay()
             except GradGuardError:
                 raise
             except Exception as exc:
-                self._fall_back(f"{type(exc).__name__}: {exc}")
+                exc.add_note(_SHADOW_RAISED)
+                raise
             self._go_native()
         return self._value_and_gradient()
 
@@ -564,11 +624,12 @@ class TorchView(FlatView):
         targets = [slot.target for slot in self._slots]
         if not loss.requires_grad:
             raise _NoDependenceError(_NO_DEPENDENCE)
-        if self._shadow is not None:
-            with Float64Mode():  # a custom backward may create tensors: default to float64
-                grads = torch.autograd.grad(loss.reshape(()), targets, allow_unused=True)
-        else:
-            grads = torch.autograd.grad(loss.reshape(()), targets, allow_unused=True)
+        try:
+            grads = self._in_mode(torch.autograd.grad, loss.reshape(()), targets, allow_unused=True)
+        except RuntimeError as exc:
+            if _REENTRANT not in str(exc):
+                raise
+            grads = self._reentrant_gradient(targets, exc)
         if all(g is None for g in grads):
             raise _NoDependenceError(_NO_DEPENDENCE)
         missing = [s.name for s, g in zip(self._slots, grads, strict=True) if g is None]
@@ -580,6 +641,41 @@ class TorchView(FlatView):
                 flat[segment.offset : segment.stop] = _to_numpy(g)
         self._check_finite(flat)
         return flat
+
+    def _in_mode(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._shadow is not None:
+            with Float64Mode():  # a custom backward may create tensors: default to float64
+                return function(*args, **kwargs)
+        return function(*args, **kwargs)
+
+    def _reentrant_gradient(
+        self, targets: list[torch.Tensor], error: RuntimeError
+    ) -> tuple[torch.Tensor | None, ...]:
+        """The gradient through ``torch.utils.checkpoint(..., use_reentrant=True)``.
+
+        Such a checkpoint refuses ``torch.autograd.grad`` but supports ``.backward()``, as
+        training uses it. The failed call freed the graph, so the loss is evaluated again
+        and backpropagated; every ``.grad`` the backward pass can reach (the module's
+        parameters and the graph's leaves) is saved first and put back after.
+        """
+        if self._module is None:
+            raise GradientError(
+                "the loss uses torch.utils.checkpoint(..., use_reentrant=True), whose "
+                "recomputed parameters torch.autograd.grad cannot see; pass the module itself "
+                "as params (check(loss, model) differentiates it with .backward()), or use "
+                "use_reentrant=False, which PyTorch recommends"
+            ) from error
+        loss = self._loss_tensor(self._run(self._loss, grad_enabled=True)).reshape(())
+        reached = [*targets, *self._presented.parameters(), *_graph_leaves(loss)]
+        tensors = list({id(t): t for t in reached}.values())
+        saved = _Grads(tensors)
+        try:
+            for tensor in tensors:
+                tensor.grad = None
+            self._in_mode(loss.backward)
+            return tuple(t.grad for t in targets)
+        finally:
+            saved.restore()
 
     def _explicit_gradient(self) -> FloatArray:
         grad = self._grad
@@ -658,10 +754,11 @@ class TorchView(FlatView):
 
     def restore(self) -> None:
         """Parameters, buffers, ``.grad`` fields, RNG states and TF32 back, bit for bit."""
-        steps: list[Callable[[], None]] = []
-        if self._in_place:  # a shadow needs nothing back: the user's tensors were not written
-            steps += [slot.restore for slot in self._slots]
-            steps.append(self._buffers.restore)
+        # Evaluations in a shadow never write to the user's tensors, but a loss may, through
+        # its closure (an in-place update, a train-mode forward of the user's module).
+        steps: list[Callable[[], None]] = [slot.restore_user for slot in self._slots]
+        steps.append(self._user_buffers.restore)
+        steps.append(self._user_generators.replay)
         if self._grads is not None:
             steps.append(self._grads.restore)
         steps.append(self._rng.replay)
@@ -685,13 +782,39 @@ class _RequiresGrad:
     def __init__(self, tensors: list[torch.Tensor]) -> None:
         self.off = [t for t in tensors if not t.requires_grad]
 
+    @transition
     def __enter__(self) -> None:
-        for tensor in self.off:
-            tensor.requires_grad_(True)
+        with deferred():  # all switched or none, whenever a Ctrl-C comes
+            for tensor in self.off:
+                tensor.requires_grad_(True)
+        entered(self._switch_back)
 
-    def __exit__(self, *exc: object) -> None:
+    def _switch_back(self) -> None:
         for tensor in self.off:
             tensor.requires_grad_(False)
+
+    @transition
+    def __exit__(self, *exc: object) -> None:
+        with deferred():
+            self._switch_back()
+        left()
+
+
+def _graph_leaves(loss: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors whose ``.grad`` a backward pass from ``loss`` accumulates into."""
+    leaves: list[torch.Tensor] = []
+    seen: set[int] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)  # an AccumulateGrad node
+        if isinstance(variable, torch.Tensor):
+            leaves.append(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
 
 
 def _to_numpy(value: Any) -> FloatArray:
@@ -812,3 +935,20 @@ class TorchAdapter(Adapter):
             return _sharded.ShardedView(params, loss, grad)
         _sharded.refuse_sharded_tree(params)
         return TorchView(params, loss, grad, shadow=self.shadow)
+
+    def lock_keys(self, params: Any) -> Iterable[Hashable]:
+        """The storages of the tensors (views of one storage are one key), and the module."""
+        keys: set[Hashable] = {("object", id(params))}
+        tensors: list[torch.Tensor]
+        if isinstance(params, torch.nn.Module):
+            tensors = list(unwrap_module(params).parameters())
+        else:
+            tensors = [leaf for _, leaf in walk(params, ()) if isinstance(leaf, torch.Tensor)]
+        for tensor in tensors:
+            try:
+                storage = tensor.untyped_storage().data_ptr()
+            except Exception:  # no storage to name (sparse, meta, a wrapper subclass): open() says
+                keys.add(("object", id(tensor)))
+            else:
+                keys.add(("torch", str(tensor.device), storage))
+        return keys

@@ -1,16 +1,25 @@
 """The private PyTorch APIs the adapter uses, in one place, each pinned by a test.
 
-``tests/test_torch_sharded.py::test_private_apis_still_exist`` fails loudly when an upgrade
-moves one of them.
+``tests/test_torch_sharded.py::test_private_apis_still_exist`` and
+``tests/test_torch_reliability.py::test_the_private_torch_apis_the_adapter_uses_exist`` fail
+loudly when an upgrade moves one of them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import types
+from typing import Any, TypeGuard
 
 import torch.distributed as dist
+import torch.overrides
 
-__all__ = ["default_store"]
+__all__ = [
+    "close_interrupted_mode_stashes",
+    "default_store",
+    "function_modes",
+    "innermost_function_mode",
+]
 
 
 def default_store() -> Any:
@@ -21,3 +30,54 @@ def default_store() -> Any:
     once its own collective gives up. ``torch.distributed`` has no public accessor.
     """
     return dist.distributed_c10d._get_default_store()
+
+
+def function_modes() -> list[Any]:
+    """The torch function modes now active, innermost last.
+
+    Torch's own ``handle_torch_function`` pops the active mode while the mode's
+    ``__torch_function__`` runs and pushes it back in a ``finally`` (a Python generator): a
+    Ctrl-C that lands between the two loses the mode from the stack. Leaving the mode then
+    has to look before it pops.
+    """
+    return list(torch.overrides._get_current_function_mode_stack())  # type: ignore[no-untyped-call]
+
+
+def innermost_function_mode() -> Any:
+    """The torch function mode entered last and still active, or ``None`` (the fast path)."""
+    count = torch._C._len_torch_function_stack()
+    return torch._C._get_function_stack_at(count - 1) if count else None
+
+
+def _stash_code() -> Any:
+    stash = torch.overrides._pop_mode_temporarily
+    return getattr(stash, "__wrapped__", stash).__code__
+
+
+def _suspended(generator: object, code: Any) -> TypeGuard[types.GeneratorType[Any, Any, Any]]:
+    """Whether ``generator`` runs ``code`` and stopped at a ``yield`` (its finally not run)."""
+    return (
+        isinstance(generator, types.GeneratorType)
+        and generator.gi_code is code
+        and generator.gi_frame is not None
+    )
+
+
+def close_interrupted_mode_stashes(tb: types.TracebackType | None) -> None:
+    """Finish torch's mode stashes that an exception cut short, before a mode is popped.
+
+    ``handle_torch_function`` pops the mode inside ``with _pop_mode_temporarily():`` (a
+    ``contextlib`` generator) and pushes it back in the generator's ``finally``. A Ctrl-C
+    that lands in contextlib's ``__enter__`` after the pop, or in its ``__exit__`` before it
+    resumes the generator, leaves the generator suspended: it would push the mode back
+    whenever it is garbage-collected, after the check has ended. Closing it now runs that
+    push while the mode is still being left, so the pop that follows removes it for good.
+    """
+    code = _stash_code()
+    while tb is not None:
+        manager = tb.tb_frame.f_locals.get("self")
+        if isinstance(manager, contextlib._GeneratorContextManager):
+            generator = getattr(manager, "gen", None)
+            if _suspended(generator, code):
+                generator.close()  # runs its finally: the push
+        tb = tb.tb_next

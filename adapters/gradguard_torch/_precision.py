@@ -21,11 +21,19 @@ dtype (and its precision).
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+from gradguard.kit.signals import deferred, entered, left, transition
+from gradguard_torch._compat import (
+    close_interrupted_mode_stashes,
+    function_modes,
+    innermost_function_mode,
+)
 
 __all__ = ["LOW_PRECISION", "Float64Mode", "cast_inputs", "to_float64"]
 
@@ -133,19 +141,51 @@ class Float64Mode(TorchFunctionMode):
         super().__init__()
         self._default_dtype = torch.float32
 
+    @transition
     def __enter__(self) -> Float64Mode:
-        self._default_dtype = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            super().__enter__()  # type: ignore[no-untyped-call]  # untyped in torch
-        except BaseException:
-            torch.set_default_dtype(self._default_dtype)
-            raise
+        # Both changes or neither, whenever a Ctrl-C comes (gradguard.kit.signals).
+        with deferred():
+            self._default_dtype = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float64)
+            try:
+                super().__enter__()  # type: ignore[no-untyped-call]  # untyped in torch
+            except BaseException:
+                torch.set_default_dtype(self._default_dtype)
+                raise
+        entered(lambda: self._leave(None, None, None))
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    @transition
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        with deferred():
+            self._leave(exc_type, exc, tb)
+        left()
+
+    def _leave(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         try:
-            super().__exit__(*exc)  # type: ignore[no-untyped-call]  # untyped in torch
+            # A Ctrl-C inside torch's handle_torch_function can have left this mode off the
+            # stack, with a suspended push waiting (see _compat): finish that push, then pop
+            # the mode only if it is there, with anything a loss left above it.
+            if tb is not None:
+                close_interrupted_mode_stashes(tb)
+            if innermost_function_mode() is self:
+                super().__exit__(exc_type, exc, tb)  # type: ignore[no-untyped-call]
+                return
+            modes = function_modes()
+            if any(mode is self for mode in modes):
+                while modes and modes.pop() is not self:
+                    super().__exit__(exc_type, exc, tb)  # type: ignore[no-untyped-call]
+                super().__exit__(exc_type, exc, tb)  # type: ignore[no-untyped-call]
         finally:
             torch.set_default_dtype(self._default_dtype)
 

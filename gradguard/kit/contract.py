@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from gradguard.engine.layout import Layout
 from gradguard.errors import LossError
+from gradguard.kit.locks import default_keys
 from gradguard.kit.validate import check_loss_value
 
 __all__ = ["Adapter", "FlatView", "IndexArray", "scalar_loss_value"]
@@ -146,6 +147,16 @@ class Adapter(abc.ABC):
             InvalidParamsError: the params cannot be checked.
             GradientError: ``grad`` is ``None`` and the adapter has no autodiff.
         """
+
+    def lock_keys(self, params: Any) -> Iterable[Hashable]:
+        """What identifies the memory of the tensors in ``params``, for one check at a time.
+
+        Two checks whose keys overlap never run at once (:mod:`gradguard.kit.locks`). The
+        default keys NumPy arrays by the object owning their memory and anything else by
+        identity; an adapter whose tensors can share memory under different objects (views
+        of one storage, a model and a dict of its parameters) names that memory instead.
+        """
+        return default_keys(params)
 
 
 def scalar_loss_value(value: Any) -> float:
