@@ -254,6 +254,11 @@ def _tree_entries(params: Any) -> tuple[list[tuple[str, torch.Tensor]], dict[Pat
 # -- the state a check must leave as it found it -----------------------------------------------
 
 
+# A native gradient further than this from the float64 shadow's, with random draws in the
+# loss, is not trusted to have seen the shadow's noise (float32 backprop: within 1e-7).
+_RANDOM_DRAWS_APART = 1e-4
+
+
 class _RngState:
     """The global torch RNG states: replayed before every evaluation, and restored."""
 
@@ -410,7 +415,13 @@ class TorchView(FlatView):
     adapter = "torch"
 
     def __init__(
-        self, params: Any, loss: Callable[..., Any], grad: Any, *, shadow: bool = True
+        self,
+        params: Any,
+        loss: Callable[..., Any],
+        grad: Any,
+        *,
+        shadow: bool = True,
+        native_gradient: bool = True,
     ) -> None:
         self._loss = loss
         self._grad = grad
@@ -438,6 +449,8 @@ class TorchView(FlatView):
         self._writes = 0
         self._in_place = False
         self._seen_loss_dtype: torch.dtype | None = None
+        self._gradient_dtype: np.dtype[Any] | None = None
+        self.native_gradient = native_gradient
         self._tf32: Tf32Switch | None = None
         self._shadow: torch.nn.Module | None = None
         self._grads: _Grads | None = None
@@ -615,7 +628,65 @@ class TorchView(FlatView):
             value = self._value(loss)
             if math.isfinite(value):  # else the engine reports the loss, not the gradient
                 self._gradient = self._autograd(loss)
+        if self._shadow is not None and self._gradient is not None and self.native_gradient:
+            self._use_native_gradient()
         return value
+
+    def _use_native_gradient(self) -> None:
+        """Take the analytic side from the model as it trains, in its own dtypes.
+
+        The float64 shadow gives the finite differences; the gradient under test is the one
+        training computes (a backward that dispatches on dtype, a float32-only kernel path).
+        The user's module runs forward and backward once, from the same RNG, buffer and
+        generator state as the shadow, and every buffer and generator is put back after.
+        The shadow's float64 gradient stays as a reference: the notes say how far apart the
+        two are, which tells a float32-only bug from one in both paths.
+        """
+        module = self._module
+        assert module is not None
+        params = [t for _, t in self._entries]
+        self._rng.replay()
+        self._user_buffers.replay()
+        self._user_generators.replay()
+        drew = False
+        try:
+            with _RequiresGrad(params), torch.enable_grad():
+                loss = self._loss(module)
+                if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                    return  # a loss that does not differentiate natively: keep float64
+                grads = torch.autograd.grad(loss.reshape(()), params, allow_unused=True)
+            drew = not torch.equal(torch.default_generator.get_state(), self._rng.cpu) or any(
+                not torch.equal(g.get_state(), state) for g, state in self._user_generators.saved
+            )
+        except RuntimeError as exc:  # e.g. reentrant checkpointing: keep the float64 side
+            self._notes["gradient"] = f"float64 shadow (native: {type(exc).__name__})"
+            return
+        finally:
+            self._user_buffers.restore()
+            self._user_generators.replay()
+        flat = np.zeros(self.layout.size, dtype=np.float64)
+        for segment, g in zip(self.layout, grads, strict=True):
+            if g is not None:
+                flat[segment.offset : segment.stop] = _to_numpy(g)
+        self._check_finite(flat)
+        reference = self._gradient
+        assert reference is not None
+        scale = float(np.linalg.norm(flat) + np.linalg.norm(reference)) or 1.0
+        apart = float(np.linalg.norm(flat - reference)) / scale
+        dtype = _least_precise(*(_NUMPY_DTYPES[t.dtype] for t in params))
+        if drew and apart > _RANDOM_DRAWS_APART:
+            # Random draws in float32 and float64 need not match (torch.randn does not;
+            # dropout's bernoulli does): the two sides may not have seen the same noise.
+            self._notes["gradient"] = (
+                f"float64 shadow: the native {dtype} gradient differs by {apart:.1e}, and the "
+                "loss draws random numbers, whose float32 and float64 draws can differ"
+            )
+            return
+        self._notes["gradient"] = (
+            f"native {dtype} (the model as it trains); the float64 shadow's differs by {apart:.1e}"
+        )
+        self._gradient = flat
+        self._gradient_dtype = dtype
 
     def _requiring_grad(self) -> _RequiresGrad:
         return _RequiresGrad([slot.target for slot in self._slots])
@@ -736,6 +807,10 @@ class TorchView(FlatView):
     @property
     def loss_dtype(self) -> np.dtype[Any]:
         return self._loss_dtype
+
+    @property
+    def gradient_dtype(self) -> np.dtype[Any]:
+        return self._gradient_dtype if self._gradient_dtype is not None else self._loss_dtype
 
     def gradient(self) -> FloatArray:
         if self._gradient is None:
@@ -920,13 +995,18 @@ class TorchAdapter(Adapter):
         shadow: Evaluate float32/float16 modules in a float64 shadow copy (the default).
             ``False`` evaluates every model in place, in its own dtype (the measurements in
             docs/pytorch.md compare the two).
+        native_gradient: With a shadow, take the analytic gradient from the model as it trains
+            (its own dtype) and the finite differences from the shadow (the default), so a
+            backward that is wrong only in float32 is caught. ``False`` checks the shadow's
+            float64 gradient.
     """
 
     name: ClassVar[str] = "torch"
     autodiff: ClassVar[bool] = True
 
-    def __init__(self, *, shadow: bool = True) -> None:
+    def __init__(self, *, shadow: bool = True, native_gradient: bool = True) -> None:
         self.shadow = shadow
+        self.native_gradient = native_gradient
 
     def open(self, params: Any, loss: Callable[..., Any], grad: Any) -> FlatView:
         from gradguard_torch import _sharded  # imports _adapter: loaded on first use
@@ -934,7 +1014,9 @@ class TorchAdapter(Adapter):
         if _sharded.is_sharded(params):  # FSDP2 / tensor parallel: a collective check
             return _sharded.ShardedView(params, loss, grad)
         _sharded.refuse_sharded_tree(params)
-        return TorchView(params, loss, grad, shadow=self.shadow)
+        return TorchView(
+            params, loss, grad, shadow=self.shadow, native_gradient=self.native_gradient
+        )
 
     def lock_keys(self, params: Any) -> Iterable[Hashable]:
         """The storages of the tensors (views of one storage are one key), and the module."""

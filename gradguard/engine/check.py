@@ -42,6 +42,7 @@ from gradguard.coverage import Coverage
 from gradguard.engine.hints import diagnose_failure, zero_hint
 from gradguard.engine.layout import Layout
 from gradguard.engine.numerics import (
+    default_gradient_tolerance,
     default_step,
     default_tolerance,
     relative_difference,
@@ -79,6 +80,13 @@ _ROUNDOFF_ULPS = 4.0
 # The allowance for J(+) - J(-) in units of one evaluation's measured round-off (the
 # standard deviation pooled over the second look's probes).
 _LOSS_NOISE_SIGMAS = 5.0
+# The round-off of an analytic gradient computed in a less precise dtype than the loss, in
+# units of that dtype's round-off (float32 backprop: within 1 unit norm-wise on the zoo).
+_GRADIENT_ULPS = 32.0
+# The round-off floor at the model's gradient scale, for such a gradient (a bias before
+# BatchNorm: float32 sums that cancel to ~1e-8 where float64 gives 1e-17), relative to the
+# loss dtype's _FLOOR_ULPS: 4 x 16 units of the gradient dtype.
+_GRADIENT_FLOOR_SHARE = 4.0
 # Bisection: a half carrying this share of a failing direction's discrepancy holds the error.
 _CONFINED_SHARE = 0.9
 
@@ -224,6 +232,7 @@ class _Run:
         self.loss0 = math.nan
         self.jitter = 0.0  # |J(theta) - J(theta)| seen at the unperturbed point
         self.loss_noise = 0.0  # measured round-off of one loss evaluation (0: not measured)
+        self.u_grad = 0.0  # unit round-off of the analytic gradient's dtype
         self.originals: list[FloatArray] = []
         self.rms: list[float] = []
         self._buffers: dict[int, tuple[FloatArray, FloatArray]] = {}
@@ -402,11 +411,15 @@ def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = No
     loss_dtype = view.loss_dtype
     run.u = unit_roundoff(loss_dtype)
     run.h = settings.eps if settings.eps is not None else default_step(loss_dtype)
-    run.tolerance = (
-        settings.tolerance if settings.tolerance is not None else default_tolerance(loss_dtype)
-    )
     run.grad = view.gradient()
     run.gradient_calls += 1
+    gradient_dtype = view.gradient_dtype
+    run.u_grad = unit_roundoff(gradient_dtype)
+    run.tolerance = (
+        settings.tolerance
+        if settings.tolerance is not None
+        else max(default_tolerance(loss_dtype), default_gradient_tolerance(gradient_dtype))
+    )
     loss_b = run.loss()
     run.jitter = abs(loss_b - loss_a)
     base = {
@@ -419,6 +432,7 @@ def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = No
         "loss": loss_a,
         "tolerance": run.tolerance,
     }
+    base_notes = {"gradient_dtype": str(gradient_dtype)} if gradient_dtype != loss_dtype else {}
     if run.jitter > _NONDETERMINISM_ULPS * run.u * max(abs(loss_a), abs(loss_b)):
         return _nondeterministic_report(run, chosen, base, started, loss_a, loss_b)
 
@@ -470,7 +484,7 @@ def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = No
             )
         )
     status = overall_status(reports)
-    notes = dict(view.notes)
+    notes = {**dict(view.notes), **base_notes}
     if retry and not run.relative_step:
         notes["step_retried"] = True
     if run.sparse_sampling:
@@ -569,13 +583,21 @@ def _probe(run: _Run, s: int, picks: npt.NDArray[np.intp]) -> npt.NDArray[np.int
 
 def _evidence(run: _Run, members: npt.NDArray[np.intp], scale: float) -> Evidence:
     p = run.probes
+    analytic = np.array([p.analytic[i] for i in members])
+    noise = np.array([p.roundoff[i] for i in members])
+    if run.u_grad > run.u:
+        # An analytic gradient less precise than the evaluations (float32 backprop against a
+        # float64 evaluation) carries its own round-off: allow for it, relative to the probe
+        # and to the tensor's typical gradient (sums that cancel lose digits).
+        typical = float(np.sqrt(np.mean(np.square(analytic)))) if analytic.size else 0.0
+        noise = noise + _GRADIENT_ULPS * run.u_grad * (np.abs(analytic) + typical)
     return Evidence(
-        np.array([p.analytic[i] for i in members]),
+        analytic,
         np.array([p.numeric[i] for i in members]),
-        np.array([p.roundoff[i] for i in members]),
+        noise,
         run.tolerance,
         scale,
-        run.u,
+        max(run.u, _GRADIENT_FLOOR_SHARE * run.u_grad),  # the floor: cancelled float32 sums
     )
 
 

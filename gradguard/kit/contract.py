@@ -87,6 +87,16 @@ class FlatView(abc.ABC):
     def loss_dtype(self) -> np.dtype[Any]:
         """The floating dtype the loss is computed in (valid after the first evaluation)."""
 
+    @property
+    def gradient_dtype(self) -> np.dtype[Any]:
+        """The dtype the analytic gradient was computed in (valid after ``gradient()``).
+
+        By default the loss dtype. An adapter that evaluates a float32 model in a float64 copy
+        but takes the gradient from the model as it trains reports float32 here: the engine
+        then allows for that gradient's own round-off.
+        """
+        return self.loss_dtype
+
     @abc.abstractmethod
     def gradient(self) -> FloatArray:
         """The analytic gradient at the original values, flattened in layout order, as float64.
