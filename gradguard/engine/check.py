@@ -945,8 +945,8 @@ def _name_arrangement_mistakes(
             if t != s and layout[t].shape == shape:
                 candidates.append(
                     (
-                        f"the analytic gradient of {layout[s].name} matches the numeric gradient "
-                        f"expected from {layout[t].name}'s: gradients swapped between tensors "
+                        f"the analytic gradient given for {layout[t].name} matches the finite "
+                        f"differences of {layout[s].name}: gradients swapped between tensors "
                         "(a list or tuple in the wrong order?)",
                         run.segment_grad(t),
                     )
