@@ -13,7 +13,8 @@ import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no t
 
 from gradguard.engine.layout import Layout
 from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, SettingsError
-from gradguard.kit.contract import FlatView, IndexArray, scalar_loss_value
+from gradguard.kit.buffered import BufferedView
+from gradguard.kit.contract import scalar_loss_value
 from gradguard.kit.tree import walk
 from gradguard_tensorflow._distribute import require_no_strategy
 from gradguard_tensorflow._loss import ModelLoss
@@ -33,11 +34,6 @@ __all__ = ["TensorFlowView"]
 FloatArray = npt.NDArray[np.float64]
 Notes = dict[str, str | int | float | bool | None]
 
-# A coordinate probe's few changed positions travel as (index, value) pairs and are
-# scattered into a copy inside the graph; a direction's whole tensor travels as it is.
-_SPARSE_FRACTION = 0.25
-
-
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -52,7 +48,7 @@ def _same_bits(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-class TensorFlowView(FlatView):
+class TensorFlowView(BufferedView):
     """A flat view over TensorFlow or Keras variables, evaluated by compiled functions.
 
     Opening it snapshots every checked variable and every other variable the params hold
@@ -70,6 +66,7 @@ class TensorFlowView(FlatView):
         self._precision = precision
         collected = collect(params)
         self._slots: list[Slot] = collected.slots
+        super().__init__([slot.saved for slot in self._slots])
         self._state: list[Any] = collected.state
         self._state_saved = [read_value(v) for v in self._state]
         roots = list(collected.layers)
@@ -82,10 +79,6 @@ class TensorFlowView(FlatView):
         self._program: Program | None = None
         self._notes: Notes = {}
         self._why: list[str] = []  # why the evaluation is not the default one
-        self._originals: dict[int, npt.NDArray[Any]] = {}
-        self._work: dict[int, npt.NDArray[Any]] = {}
-        self._dirty: int | None = None
-        self._touched: IndexArray | None = None
         self._segment_tensors: dict[int, Any] = {}
         self._none: tuple[Any, Any] | None = None
         self._empty: Any = None
@@ -216,111 +209,29 @@ class TensorFlowView(FlatView):
 
     # -- FlatView ----------------------------------------------------------------------------
 
-    def original(self, segment: int) -> FloatArray:
-        saved = self._slots[segment].saved.reshape(-1)
-        if saved.dtype == np.float64:
-            view = saved.view()
-            view.flags.writeable = False
-            return view
-        return saved.astype(np.float64)
-
-    def _original_in_eval_dtype(self, segment: int) -> npt.NDArray[Any]:
-        cached = self._originals.get(segment)
-        if cached is None:
-            dtype = self._ensure_program().value_dtypes[segment]
-            cached = self._slots[segment].saved.reshape(-1).astype(dtype)
-            cached.flags.writeable = False
-            self._originals[segment] = cached
-        return cached
-
-    def _work_buffer(self, segment: int) -> npt.NDArray[Any]:
-        """The segment's values as the next evaluation will see them (flat, eval dtype)."""
-        if self._dirty is not None and self._dirty != segment:
-            raise RuntimeError(
-                f"the engine perturbed {self.layout[segment].name!r} while "
-                f"{self.layout[self._dirty].name!r} was still perturbed; a view perturbs one "
-                "tensor at a time"
-            )
-        work = self._work.get(segment)
-        if work is None:
-            work = self._original_in_eval_dtype(segment).copy()
-            self._work[segment] = work
-        return work
-
-    def write_element(self, segment: int, local: int, value: float) -> float:
-        work = self._work_buffer(segment)
-        work[local] = value
-        if self._dirty is None:
-            self._touched = np.array([local], dtype=np.intp)
-        elif self._touched is not None and not (
-            self._touched.size == 1 and self._touched[0] == local
-        ):
-            self._touched = np.union1d(self._touched, [local])
-        self._dirty = segment
-        return float(work[local])
-
-    def reset_element(self, segment: int, local: int) -> None:
-        work = self._work.get(segment)
-        if work is None:
-            return
-        work[local] = self._original_in_eval_dtype(segment)[local]
-        touched = self._touched
-        if self._dirty == segment and touched is not None and _covers(np.array([local]), touched):
-            self._dirty = None
-            self._touched = None
-
-    def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
-        work = self._work_buffer(segment)
-        if index is None:
-            work[...] = values
-            self._touched = None
-        else:
-            work[index] = values
-            index = np.asarray(index, dtype=np.intp).reshape(-1)
-            if self._dirty is None:
-                self._touched = index
-            elif self._touched is not None and not _covers(self._touched, index):
-                self._touched = np.union1d(self._touched, index)
-        self._dirty = segment
-        if work.dtype == np.float64:  # stored exactly as given
-            return values
-        stored = work if index is None else work[index]
-        return stored.astype(np.float64)
-
-    def reset(self, segment: int, index: IndexArray | None) -> None:
-        work = self._work.get(segment)
-        if work is None:
-            return
-        original = self._original_in_eval_dtype(segment)
-        if index is None:
-            work[...] = original
-            clean = True
-        else:
-            work[index] = original[index]
-            clean = self._touched is not None and _covers(np.asarray(index), self._touched)
-        if clean and self._dirty == segment:
-            self._dirty = None
-            self._touched = None
+    def evaluation_dtype(self, segment: int) -> np.dtype[Any]:
+        # Deciding it traces the loss: a float64 trace evaluates every tensor in float64.
+        return self._ensure_program().value_dtypes[segment]
 
     def _perturbation(self, program: Program) -> tuple[Any, Any]:
         """The ``(probe, dense)`` arguments for the current perturbation."""
         if self._none is None:
             self._empty = tf.zeros([0], program.transport)
             self._none = (tf.constant([-1.0], tf.float64), self._empty)
-        if self._dirty is None:
+        change = self.perturbation
+        if change is None:
             return self._none
-        s = self._dirty
-        work = self._work[s]
-        touched = self._touched
-        if touched is not None and touched.size <= _SPARSE_FRACTION * work.size:
+        if change.is_sparse():
+            touched = change.touched
+            assert touched is not None  # sparse means a known set of positions
             probe = np.empty(1 + 2 * touched.size)
-            probe[0] = s
+            probe[0] = change.segment
             probe[1 : 1 + touched.size] = touched
-            probe[1 + touched.size :] = work[touched]
+            probe[1 + touched.size :] = change.touched_values
             return tf.constant(probe), self._empty
-        dense = tf.constant(work.astype(program.transport.as_numpy_dtype, copy=False))
+        dense = tf.constant(change.values.astype(program.transport.as_numpy_dtype, copy=False))
         # Segment numbers from len(layout) on ask for the whole tensor to be replaced.
-        return self._whole(len(self._slots) + s), dense
+        return self._whole(len(self._slots) + change.segment), dense
 
     def _whole(self, number: int) -> Any:
         tensor = self._segment_tensors.get(number)
@@ -419,6 +330,7 @@ class TensorFlowView(FlatView):
 
     def restore(self) -> None:
         try:
+            super().restore()
             if self._program is not None:
                 self._program.written.restore()
             for slot in self._slots:
@@ -449,10 +361,3 @@ class TensorFlowView(FlatView):
         if tf32 is not None:
             notes["tf32"] = tf32
         return notes
-
-
-def _covers(index: npt.NDArray[Any], positions: npt.NDArray[Any]) -> bool:
-    """Whether ``index`` holds every one of ``positions`` (fast for the usual single one)."""
-    if index.size == 1 and positions.size == 1:
-        return bool(index.reshape(-1)[0] == positions.reshape(-1)[0])
-    return bool(np.isin(positions, index).all())
