@@ -10,8 +10,8 @@ from typing import Any, Literal
 import attrs
 
 from gradguard.context import CheckContext
-from gradguard.coverage import Coverage
 from gradguard.engine import Settings, run_check
+from gradguard.engine.selection import Selection
 from gradguard.errors import AdapterNotFoundError
 from gradguard.kit.contract import Adapter
 from gradguard.kit.lifetime import OpenView, RandomStates
@@ -164,9 +164,12 @@ def run_one(
     grad: Any,
     settings: Settings,
     context: CheckContext,
-    coverage: Coverage | None = None,
+    selection: Selection | None = None,
 ) -> CheckReport:
-    """One check with validated settings, reported to the plugins: what every front door calls."""
+    """One check with validated settings, reported to the plugins: what every front door calls.
+
+    ``selection`` is a training-loop front door's rotation (``Rotation.turn``), or ``None``.
+    """
     check_loss_callable(loss)
     # Ctrl-C deferred while state is half-changed, one check per tensor at a time, and the
     # global random states (which loading the plugins would move) put back at the end.
@@ -179,6 +182,6 @@ def run_one(
         if agreed is not None:
             settings = attrs.evolve(settings, seed=int(agreed))
         with OpenView(adapter, params, loss, grad) as view:
-            report = run_check(view, settings, coverage)
+            report = run_check(view, settings, selection)
         notify(report, context)
     return report

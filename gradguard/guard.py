@@ -18,7 +18,6 @@ import numpy as np
 
 from gradguard.api import notify_event, run_one
 from gradguard.context import CheckContext
-from gradguard.coverage import Coverage
 from gradguard.engine import Settings
 from gradguard.errors import SettingsError
 from gradguard.kit.validate import check_loss_callable
@@ -27,6 +26,7 @@ from gradguard.plugins import get_plugin_manager
 from gradguard.policy import DEFAULT_ON_FAILURE, ON_FAILURE, OnFailure, apply_policy
 from gradguard.policy import validate_on_failure as _validate_on_failure
 from gradguard.results import CheckReport
+from gradguard.rotation import Coverage, Rotation
 
 __all__ = ["DISABLE_ENV", "ON_FAILURE", "Guard", "Schedule", "disabled_by_environment"]
 
@@ -174,7 +174,7 @@ class Guard:
         self.tensors_per_check = tensors_per_check
         self.ranks = ranks
         self.source = source
-        self._coverage = Coverage(self.seed)
+        self._rotation = Rotation(self.seed, tensors_per_check)
         self._reports: list[CheckReport] = []
         self._checks = 0  # over the whole run, resumed runs included (reports: this process)
         self._passed = 0
@@ -227,7 +227,7 @@ class Guard:
             "should_stop": self._should_stop,
             "run_id": self.run_id,
             "seed": self.seed,
-            "coverage": self._coverage.state_dict(),
+            "coverage": self._rotation.coverage.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -250,7 +250,7 @@ class Guard:
         self._should_stop = bool(state["should_stop"])
         self.run_id = str(state["run_id"])
         self.seed = int(state["seed"])
-        self._coverage = Coverage.from_state_dict(self.seed, state["coverage"])
+        self._rotation.coverage = Coverage.from_state_dict(self.seed, state["coverage"])
 
     def _context(self, step: int | None) -> CheckContext:
         return CheckContext(
@@ -307,14 +307,14 @@ class Guard:
             self._rank_checked = True
             self._rank_selected()  # for a sharded model: agrees the seed across ranks
         index = self._checks
-        window = None
-        if self.tensors_per_check is not None:
-            window = (index * self.tensors_per_check, self.tensors_per_check)
-        settings = attrs.evolve(
-            self._settings, seed=_check_seed(self.seed, index), tensor_window=window
-        )
+        settings = attrs.evolve(self._settings, seed=_check_seed(self.seed, index))
         report = run_one(
-            self.loss, self.params, self.grad, settings, self._context(step), self._coverage
+            self.loss,
+            self.params,
+            self.grad,
+            settings,
+            self._context(step),
+            self._rotation.turn(index),
         )
         self._reports.append(report)
         self._checks += 1
@@ -334,7 +334,7 @@ class Guard:
             # seed, so the run's coordinate order is the same on every rank too. The reports'
             # notes say the check was collective.
             self.seed = int(agreed)
-            self._coverage = Coverage(self.seed)
+            self._rotation = Rotation(self.seed, self.tensors_per_check)
             return True
         if self.ranks == "all":
             return True

@@ -38,7 +38,6 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from gradguard.coverage import Coverage
 from gradguard.engine.hints import diagnose_failure, zero_hint
 from gradguard.engine.layout import Layout
 from gradguard.engine.numerics import (
@@ -54,6 +53,7 @@ from gradguard.engine.sampling import (
     sample_coordinates,
     sample_where_gradient_lives,
 )
+from gradguard.engine.selection import Selection
 from gradguard.engine.verdict import BLIND_FACTOR, NOISE_FACTOR, Evidence, allowance, classify
 from gradguard.errors import LossError, SettingsError
 from gradguard.results import CheckReport, ParamReport, Status, overall_status
@@ -155,8 +155,6 @@ class Settings:
         directions: Random directions per tensor, or ``None`` for the default.
         seed: Seed of the private generator, or ``None`` to draw one (it is recorded).
         tensors: Names of the tensors to check, or ``None`` for all of them.
-        tensor_window: ``(start, count)``: check ``count`` tensors from position ``start``
-            (modulo the number of tensors), for front doors that rotate over the tensors.
     """
 
     eps: float | None = attrs.field(
@@ -175,7 +173,6 @@ class Settings:
         default=None, converter=_as_builtin, validator=_check_count("seed")
     )
     tensors: tuple[str, ...] | None = attrs.field(default=None, converter=_as_names)
-    tensor_window: tuple[int, int] | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.sample == 0 and self.resolved_directions == 0:
@@ -373,7 +370,9 @@ class _Judgement:
     hint: str
 
 
-def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = None) -> CheckReport:
+def run_check(
+    view: FlatView, settings: Settings, selection: Selection | None = None
+) -> CheckReport:
     """Run one gradient check on an open view and return its report.
 
     The caller owns the view (and restores it on exit); this function only writes perturbed
@@ -382,9 +381,8 @@ def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = No
     Args:
         view: The adapter's open view of the parameters.
         settings: The check's options.
-        coverage: The run's coverage, for a front door that checks repeatedly: coordinates
-            are then taken from those not probed yet, and the report says how much of the
-            parameters has been probed so far.
+        selection: A front door's choice of tensors and coordinates (a Guard rotating over
+            its run); ``None``: all of ``settings.tensors``, coordinates drawn here.
 
     Raises:
         SettingsError: ``settings.tensors`` names a tensor that does not exist, or ``eps`` is
@@ -397,10 +395,8 @@ def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = No
     run = _Run(view, settings, seed)
     layout = view.layout
     chosen = _chosen_segments(layout, settings.tensors)
-    if settings.tensor_window is not None:
-        start, count = settings.tensor_window
-        window = {chosen[(start + i) % len(chosen)] for i in range(min(count, len(chosen)))}
-        chosen = [s for s in chosen if s in window]
+    if selection is not None:
+        chosen = list(selection.tensors(layout, chosen))
     run.originals = [view.original(s) for s in range(len(layout))]
     run.rms = [math.sqrt(float(np.dot(x, x)) / x.size) if x.size else 0.0 for x in run.originals]
     if settings.eps is not None:
@@ -436,7 +432,7 @@ def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = No
     if run.jitter > _NONDETERMINISM_ULPS * run.u * max(abs(loss_a), abs(loss_b)):
         return _nondeterministic_report(run, chosen, base, started, loss_a, loss_b)
 
-    picks = _pick_coordinates(run, chosen, coverage)
+    picks = _pick_coordinates(run, chosen, selection)
     n_directions = settings.resolved_directions
     # A tensor whose every element is a coordinate probe gains nothing from directions.
     run.directions = [
@@ -498,7 +494,7 @@ def run_check(view: FlatView, settings: Settings, coverage: Coverage | None = No
         gradient_calls=run.gradient_calls,
         duration_s=time.perf_counter() - started,
         notes=notes,
-        coverage=None if coverage is None else coverage.fraction(layout),
+        coverage=None if selection is None else selection.coverage(layout),
         **base,  # type: ignore[arg-type]
     )
 
@@ -537,11 +533,11 @@ def _check_step(run: _Run, chosen: list[int], eps: float) -> None:
 
 
 def _pick_coordinates(
-    run: _Run, chosen: list[int], coverage: Coverage | None
+    run: _Run, chosen: list[int], selection: Selection | None
 ) -> dict[int, npt.NDArray[np.intp]]:
     """The coordinates each chosen tensor is probed at.
 
-    Without a front door's coverage, half of a tensor's coordinates are drawn among its
+    Without a front door's selection, half of a tensor's coordinates are drawn among its
     elements with a non-zero analytic gradient, when it has both kinds (a sparse embedding: a
     uniform draw lands on zero rows, where a wrong gradient cannot show).
     """
@@ -554,9 +550,9 @@ def _pick_coordinates(
         if settings.sample is None:
             k = max(k, len(sizes))
         counts = allocate(sizes, k, run.rng)
-    if coverage is not None:
+    if selection is not None:
         taken = [
-            coverage.take(layout[s].name, size, count)
+            selection.coordinates(layout[s].name, size, count)
             for s, size, count in zip(chosen, sizes, counts, strict=True)
         ]
         return dict(zip(chosen, taken, strict=True))

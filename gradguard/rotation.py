@@ -1,14 +1,20 @@
-"""Coverage over a run: successive checks probe coordinates not probed before.
+"""A training-loop front door's rotation over its run: which tensors, which coordinates.
 
-A training-loop front door makes several checks of the same parameters. Drawing each check's
-coordinates afresh would probe some elements twice and others never; instead each tensor gets
-a random permutation of its elements, drawn once, and every check takes the next positions
-from it. Coverage grows by exactly the sample size per check until every element has been
-probed once, then the permutation starts over.
+A Guard makes several checks of the same parameters. Two things carry over from one check to
+the next, and they are the Guard's state, not the engine's (the engine sees them only through
+:class:`gradguard.engine.selection.Selection`):
+
+- *Tensors.* With ``tensors_per_check=k``, check ``i`` takes the ``k`` tensors from position
+  ``i * k`` on (modulo their number), so every tensor comes round in turn.
+- *Coverage.* Drawing each check's coordinates afresh would probe some elements twice and
+  others never; instead each tensor gets a random permutation of its elements, drawn once,
+  and every check takes the next positions from it. Coverage grows by exactly the sample size
+  per check until every element has been probed once, then the permutation starts over.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,8 +22,9 @@ import numpy.typing as npt
 
 if TYPE_CHECKING:
     from gradguard.engine.layout import Layout
+    from gradguard.engine.selection import Selection
 
-__all__ = ["Coverage"]
+__all__ = ["Coverage", "Rotation"]
 
 
 class _Order:
@@ -100,3 +107,44 @@ class Coverage:
             if order is not None and order.size == segment.size:
                 covered += order.covered
         return covered / total
+
+
+class _Turn:
+    """One check's :class:`~gradguard.engine.selection.Selection` within a rotation."""
+
+    def __init__(self, coverage: Coverage, start: int, count: int | None) -> None:
+        self._coverage = coverage
+        self._start = start
+        self._count = count
+
+    def tensors(self, layout: Layout, chosen: Sequence[int]) -> Sequence[int]:
+        if self._count is None or not chosen:
+            return chosen
+        count = min(self._count, len(chosen))
+        window = {chosen[(self._start + i) % len(chosen)] for i in range(count)}
+        return [s for s in chosen if s in window]
+
+    def coordinates(self, name: str, size: int, count: int) -> npt.NDArray[np.intp]:
+        return self._coverage.take(name, size, count)
+
+    def coverage(self, layout: Layout) -> float | None:
+        return self._coverage.fraction(layout)
+
+
+class Rotation:
+    """The tensors and coordinates successive checks of one run take, in turn.
+
+    Args:
+        seed: Seeds the permutations (one run, one seed: reproducible).
+        tensors_per_check: Tensors per check, rotating; ``None``: all of them every time.
+    """
+
+    def __init__(self, seed: int, tensors_per_check: int | None = None) -> None:
+        self.coverage = Coverage(seed)
+        self.tensors_per_check = tensors_per_check
+
+    def turn(self, index: int) -> Selection:
+        """The selection for the run's check number ``index`` (from 0)."""
+        per_check = self.tensors_per_check
+        start = 0 if per_check is None else index * per_check
+        return _Turn(self.coverage, start, per_check)
