@@ -394,3 +394,33 @@ def test_dotted_keys_do_not_collide_with_nested_names() -> None:
     assert_unchanged(params, before)
     with pytest.raises(gg.InvalidParamsError, match="both named '1'"):
         gg.check(loss, {1: np.ones(2), "1": np.ones(2)}, grad, seed=0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda w: {"a": w, "b": w},  # the same array twice
+        lambda w: {"a": w, "b": w[1:]},  # a view of another entry
+        lambda w: [w[:, 0], w[:2]],  # a column and a block of rows of one buffer
+    ],
+    ids=["twice", "view", "views-of-one-buffer"],
+)
+def test_params_sharing_memory_are_refused(make: Callable[[Any], Any]) -> None:
+    """Entries that share memory would move together and both fail falsely: refused up front."""
+    w = np.arange(6.0).reshape(3, 2)
+    before = w.copy()
+    with pytest.raises(gg.InvalidParamsError, match=r"share memory.*pass each array once"):
+        gg.check(lambda p: 0.0, make(w), lambda p: p)
+    assert np.array_equal(w, before)
+
+
+def test_interleaved_views_that_share_no_element_are_checked() -> None:
+    """Two strided views of one buffer with no element in common are independent tensors."""
+    w = np.arange(1.0, 7.0).reshape(3, 2)
+    report = gg.check(
+        lambda p: float(np.sum(p[0] ** 2) + np.sum(p[1] ** 3)),
+        [w[:, 0], w[:, 1]],
+        lambda p: [2 * p[0], 3 * p[1] ** 2],
+        seed=0,
+    )
+    assert report.passed and [p.name for p in report.params] == ["0", "1"]

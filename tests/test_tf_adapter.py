@@ -110,7 +110,8 @@ def test_claims_variables_models_layers_modules_and_containers_of_them() -> None
 
 def test_tensors_are_named_by_keras_path_dict_key_or_variable_name() -> None:
     """Keras variables get their path, dict entries their keys, tf.Variables their name
-    (made unique when several share one); a variable reached twice is checked once."""
+    (made unique when several share one); a variable given twice is refused (as in every
+    adapter: the two would move together)."""
 
     def names(params: Any) -> tuple[str, ...]:
         with TensorFlowView(params, lambda p: 0.0, None, "auto") as view:
@@ -119,7 +120,12 @@ def test_tensors_are_named_by_keras_path_dict_key_or_variable_name() -> None:
     assert names(mlp()) == ("mlp/h/kernel", "mlp/h/bias", "mlp/out/kernel", "mlp/out/bias")
     assert names({"enc": tf_params()}) == ("enc.w", "enc.b")
     a, b = tf.Variable([1.0]), tf.Variable([2.0])
-    assert names([a, b, a]) == ("Variable_0", "Variable_1")
+    assert names([a, b]) == ("Variable_0", "Variable_1")
+    with pytest.raises(errors.InvalidParamsError, match="share memory"):
+        names([a, b, a])
+    model = mlp()
+    with pytest.raises(errors.InvalidParamsError, match="'mlp/h/kernel' and 'mlp/h/kernel'"):
+        names([model, model.layers[0]])
 
 
 def test_a_tf_module_contributes_its_trainable_variables_and_keeps_its_state() -> None:

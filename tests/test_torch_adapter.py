@@ -136,12 +136,15 @@ def test_distributed_data_parallel_is_unwrapped(tmp_path: pathlib.Path, data: An
 
 def test_tensor_containers_are_named_like_numpy_params() -> None:
     """Dict keys and list positions join with '.'; a bare tensor is 'params'; one tensor
-    given twice is checked once."""
+    given twice is refused, as in every adapter (they would move together)."""
     a = torch.randn(3, dtype=torch.float64)
     b = torch.randn(2, 2, dtype=torch.float64)
-    report = gg.check(lambda p: p["x"][0].sin().sum() + p["y"].cos().sum(), {"x": [a, a], "y": b})
-    assert [p.name for p in report.params] == ["x.0", "y"]
+    c = torch.randn(3, dtype=torch.float64)
+    report = gg.check(lambda p: p["x"][0].sin().sum() + p["y"].cos().sum(), {"x": [a, c], "y": b})
+    assert [p.name for p in report.params] == ["x.0", "x.1", "y"]
     assert report.passed
+    with pytest.raises(errors.InvalidParamsError, match=r"'x\.0' and 'x\.1' share memory"):
+        gg.check(lambda p: p["x"][0].sum(), {"x": [a, a]})
     assert gg.check(lambda w: w.exp().sum(), a).params[0].name == "params"
 
 
@@ -602,8 +605,8 @@ def test_bad_gradients_are_refused(data: Any) -> None:
     cases: list[tuple[Any, str]] = [
         ({"0.weight": torch.zeros(6, 5)}, "missing"),
         ([torch.zeros(1)] * 4, "shape (1,)"),
-        ([torch.zeros(6, 5)], "length 1"),
-        (torch.zeros(3), "dict {name: tensor}"),
+        ([torch.zeros(6, 5)], "list of 1 tensor(s)"),
+        (torch.zeros(3), "give a dict keyed by those names"),
     ]
     for grad, words in cases:
         with pytest.raises(

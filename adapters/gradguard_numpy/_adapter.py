@@ -13,7 +13,18 @@ from gradguard.engine.layout import Layout
 from gradguard.engine.numerics import SUPPORTED_DTYPES
 from gradguard.errors import GradientError, InvalidParamsError
 from gradguard.kit.contract import Adapter, FlatView, IndexArray, scalar_loss_value
-from gradguard.kit.tree import Path, path_name, rebuild, walk, walk_like
+from gradguard.kit.dtypes import float64_flat, least_precise
+from gradguard.kit.gradients import flatten_gradient
+from gradguard.kit.memory import numpy_extent, refuse_shared
+from gradguard.kit.tree import (
+    Path,
+    holds_only,
+    path_name,
+    rebuild,
+    refuse_duplicate_names,
+    walk,
+    walk_like,
+)
 
 __all__ = ["NumpyAdapter", "NumpyView", "is_numpy_tree"]
 
@@ -27,13 +38,7 @@ def _is_leaf(obj: object) -> bool:
 
 def is_numpy_tree(obj: object) -> bool:
     """Whether ``obj`` is an array, a number, or dicts/lists/tuples holding only those."""
-    if _is_leaf(obj):
-        return True
-    if isinstance(obj, dict):
-        return all(is_numpy_tree(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return all(is_numpy_tree(v) for v in obj)
-    return False
+    return holds_only(obj, _is_leaf)
 
 
 class _Leaf:
@@ -129,15 +134,12 @@ class NumpyView(FlatView):
                 "params is empty: there is no parameter to check (pass the arrays the loss "
                 "depends on, e.g. {'W': W, 'b': b})"
             )
-        seen: dict[str, Path] = {}
-        for leaf in self._leaves:
-            if leaf.name in seen:
-                raise InvalidParamsError(
-                    f"two parameters are both named {leaf.name!r} (at {list(seen[leaf.name])} "
-                    f"and {list(leaf.path)}); a report must name each tensor once: rename a "
-                    "key so that nested keys joined with '.' stay distinct"
-                )
-            seen[leaf.name] = leaf.path
+        refuse_duplicate_names(leaf.path for leaf in self._leaves)
+        own = [leaf.array for leaf in self._leaves if leaf.in_place]  # others are copies
+        refuse_shared(
+            [(leaf.name, numpy_extent(leaf.array)) for leaf in self._leaves if leaf.in_place],
+            lambda i, j: bool(np.shares_memory(own[i], own[j])),
+        )
         self._by_path = {leaf.path: leaf for leaf in self._leaves}
         # What the loss receives in place of each leaf: the live leaf, or the caller's
         # own (empty) value that is not checked.
@@ -148,9 +150,7 @@ class NumpyView(FlatView):
         self._loss = loss
         self._grad = grad
         self._rebuilds = any(not leaf.in_place for leaf in self._leaves)
-        self._loss_dtype: np.dtype[Any] = min(
-            (leaf.array.dtype for leaf in self._leaves), key=lambda d: np.finfo(d).bits
-        )
+        self._loss_dtype = least_precise(*(leaf.array.dtype for leaf in self._leaves))
         self._random_state = np.random.get_state()
         # Replaying the global random state costs ~30 us per evaluation (as much as a small
         # forward pass), so it is switched on only once a call is seen to draw from it.
@@ -180,12 +180,7 @@ class NumpyView(FlatView):
     # -- FlatView ------------------------------------------------------------------------
 
     def original(self, segment: int) -> FloatArray:
-        saved = self._leaves[segment].saved.reshape(-1)
-        if saved.dtype == np.float64:
-            view = saved.view()
-            view.flags.writeable = False  # the engine must not scribble on the saved copy
-            return view
-        return saved.astype(np.float64)
+        return float64_flat(self._leaves[segment].saved)
 
     def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
         leaf = self._leaves[segment]
@@ -217,7 +212,7 @@ class NumpyView(FlatView):
         dtype = getattr(value, "dtype", None)
         if dtype is not None and dtype in SUPPORTED_DTYPES:
             # The loss is only as precise as its least precise input or its own result.
-            self._loss_dtype = min(self._loss_dtype, dtype, key=lambda d: np.finfo(d).bits)
+            self._loss_dtype = least_precise(self._loss_dtype, dtype)
         return result
 
     @property
@@ -232,7 +227,9 @@ class NumpyView(FlatView):
                 "as params (or the gradient structure itself)"
             )
         grad = self._call(self._grad, "grad") if callable(self._grad) else self._grad
-        return _flatten_gradient(self._template, grad, self._by_path, self.layout.size)
+        by_path = dict(walk_like(self._template, grad))
+        leaves = [by_path[leaf.path] for leaf in self._leaves]  # empty arrays are not checked
+        return flatten_gradient(self.layout, leaves)
 
     def restore(self) -> None:
         for leaf in self._leaves:
@@ -243,46 +240,6 @@ class NumpyView(FlatView):
 def _same_state(a: Any, b: Any) -> bool:
     """Whether two ``np.random.get_state()`` tuples are the same state."""
     return bool(a[2:] == b[2:] and np.array_equal(a[1], b[1]))
-
-
-def _flatten_gradient(template: Any, grad: Any, leaves: dict[Path, _Leaf], size: int) -> FloatArray:
-    """Check that ``grad`` mirrors ``template`` and flatten it in layout order."""
-    flat = np.empty(size, dtype=np.float64)
-    offset = 0
-    for path, leaf_grad in walk_like(template, grad, ()):
-        leaf = leaves.get(path)
-        if leaf is None:  # an empty parameter: nothing to check
-            continue
-        name = leaf.name
-        if leaf_grad is None:
-            raise GradientError(
-                f"the gradient for {name!r} is None; grad must return an array of shape "
-                f"{leaf.array.shape} for every parameter (zeros if the loss ignores it)"
-            )
-        try:
-            value = np.asarray(leaf_grad, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise GradientError(
-                f"the gradient for {name!r} is a {type(leaf_grad).__name__}, not an array "
-                f"of shape {leaf.array.shape}"
-            ) from exc
-        if value.shape != leaf.array.shape:
-            raise GradientError(
-                f"the gradient for {name!r} has shape {value.shape} but the parameter has "
-                f"shape {leaf.array.shape}; grad must return one array per parameter, "
-                "same shape (a transposed or unsummed gradient?)"
-            )
-        if not np.all(np.isfinite(value)):
-            bad = np.argwhere(~np.isfinite(value))
-            first = [int(i) for i in bad[0]] if value.ndim else []
-            raise GradientError(
-                f"the gradient for {name!r} (shape {value.shape}) holds {bad.shape[0]} "
-                f"non-finite value(s), the first at {first}: {value[tuple(first)]!r}; "
-                "fix the analytic gradient (a division by zero, a log of 0?)"
-            )
-        flat[offset : offset + value.size] = value.reshape(-1)
-        offset += value.size
-    return flat
 
 
 class NumpyAdapter(Adapter):

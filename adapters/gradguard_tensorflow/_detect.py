@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from gradguard.kit.tree import holds_any
+
 __all__ = ["is_tensorflow_object", "is_tensorflow_params", "keras_module", "tensorflow_module"]
 
 
@@ -71,16 +73,4 @@ def is_tensorflow_params(obj: object) -> bool:
     types = _leaf_types()
     if not types:
         return False
-    return _holds(obj, types, depth=0)
-
-
-def _holds(obj: object, types: tuple[type, ...], depth: int) -> bool:
-    if isinstance(obj, types):
-        return True
-    if depth > 32:  # a self-referencing container is not a params tree
-        return False
-    if isinstance(obj, dict):
-        return any(_holds(v, types, depth + 1) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return any(_holds(v, types, depth + 1) for v in obj)
-    return False
+    return holds_any(obj, lambda leaf: isinstance(leaf, types))

@@ -13,6 +13,7 @@ import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no t
 
 from gradguard.engine.numerics import SUPPORTED_DTYPES
 from gradguard.errors import InvalidParamsError
+from gradguard.kit.memory import identity_extent, refuse_shared
 from gradguard.kit.tree import path_name, walk
 
 __all__ = ["Collected", "Slot", "collect", "read_value"]
@@ -159,13 +160,17 @@ def collect(params: Any) -> Collected:
                 "of them): leave it out of params or make it a variable"
             )
 
+    # The same variable reached twice (listed twice, or a model and one of its layers) would
+    # be perturbed as two tensors that move together: refused, as in every adapter.
+    refuse_shared(
+        [
+            (keyed_name or _variable_name(variable), identity_extent(resource_of(variable)))
+            for keyed_name, variable in entries
+        ]
+    )
     slots: list[Slot] = []
-    seen: set[int] = set()
     for keyed_name, variable in entries:
         resource = resource_of(variable)
-        if id(resource) in seen:  # the same variable reached twice (shared, or listed twice)
-            continue
-        seen.add(id(resource))
         name = keyed_name or _variable_name(variable)
         dtype = resource.dtype
         if not dtype.is_floating or np.dtype(dtype.as_numpy_dtype) not in SUPPORTED_DTYPES:

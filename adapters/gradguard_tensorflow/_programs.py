@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no type information
 
 from gradguard.errors import LossError
+from gradguard.kit import notes as kit_notes
 from gradguard.kit.signals import protected
 from gradguard.kit.validate import check_loss_value
 from gradguard_tensorflow._graph import captured_resources, float_precisions, written_resources
@@ -102,7 +103,9 @@ def _lowest(found: dict[str, str], fallback: np.dtype[Any]) -> str:
 
 def _loss_dtype(name: str, notes: Notes) -> np.dtype[Any]:
     if name == "bfloat16":
-        notes["loss_precision"] = "bfloat16 arithmetic, judged with float16's step and tolerance"
+        notes[kit_notes.LOSS_PRECISION] = (
+            "bfloat16 arithmetic, judged with float16's step and tolerance"
+        )
         return np.dtype(np.float16)
     return np.dtype(name)
 
@@ -472,12 +475,12 @@ class StatelessProgram(Program):
         self.precision = "float64" if functions.float64 else "native"
         self.notes = {}
         if reused:
-            self.notes["trace"] = "reused from an earlier check with this model_loss"
+            self.notes[kit_notes.TRACE] = "reused from an earlier check with this model_loss"
         self.trace_s = trace_s
         self.compiled = not functions.eager
         self.written = functions.written
         if self.written:
-            self.notes["state_reset"] = self.written.describe()
+            self.notes[kit_notes.STATE_RESET] = self.written.describe()
         self.value_dtypes = [np.dtype(d.as_numpy_dtype) for d in functions.value_dtypes]
         self.transport = functions.transport
         name = "float64" if functions.float64 else _lowest(functions.found, _least_precise(slots))
@@ -610,7 +613,7 @@ class AssignProgram(Program):
             written = WrittenState(found)
             if written:  # trace again, now resetting what the loss writes
                 self.written = written
-                self.notes["state_reset"] = written.describe()
+                self.notes[kit_notes.STATE_RESET] = written.describe()
                 concrete = _trace(self._evaluate_py, self._evaluate_specs).get_concrete_function()
         finally:
             self.trace_s += time.perf_counter() - started
@@ -630,7 +633,7 @@ class AssignProgram(Program):
         if not self.written:  # no graph to tell what the loss writes: the params' own state
             self.written = self._eager_state
             if self.written:
-                self.notes["state_reset"] = self.written.describe()
+                self.notes[kit_notes.STATE_RESET] = self.written.describe()
         self.compiled = False
 
     def evaluate(self, probe: Any, dense: Any) -> Any:

@@ -12,10 +12,11 @@ import numpy.typing as npt
 import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no type information
 
 from gradguard.engine.layout import Layout
-from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, SettingsError
+from gradguard.errors import GradGuardError, InvalidParamsError, SettingsError
+from gradguard.kit import notes as kit_notes
 from gradguard.kit.buffered import BufferedView
 from gradguard.kit.contract import scalar_loss_value
-from gradguard.kit.tree import walk
+from gradguard.kit.gradients import flatten_gradient, leaves_by_name
 from gradguard_tensorflow._distribute import require_no_strategy
 from gradguard_tensorflow._loss import ModelLoss
 from gradguard_tensorflow._params import Slot, collect, read_value, resource_of
@@ -42,6 +43,11 @@ def _short(exc: BaseException) -> str:
     text = _ANSI.sub("", f"{type(exc).__name__}: {exc}")
     text = " ".join(text.split())
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _to_array(value: Any) -> Any:
+    """A gradient leaf as NumPy reads it (a tf.Tensor, an IndexedSlices made dense)."""
+    return value if isinstance(value, np.ndarray) else tf.convert_to_tensor(value).numpy()
 
 
 def _same_bits(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
@@ -268,65 +274,20 @@ class TensorFlowView(BufferedView):
         _, grads = self._ensure_program().gradient()
         missing = [slot.name for slot, g in zip(self._slots, grads, strict=True) if g is None]
         if missing:  # not connected to the loss: a zero gradient, judged like any other
-            self._notes["no_gradient"] = ", ".join(missing)
-        arrays = [
-            np.zeros(slot.shape) if g is None else g.numpy()
-            for slot, g in zip(self._slots, grads, strict=True)
-        ]
-        return self._flatten(arrays, "the analytic gradient (GradientTape)")
+            self._notes[kit_notes.NO_GRADIENT] = ", ".join(missing)
+        return flatten_gradient(
+            self.layout,
+            grads,
+            to_array=_to_array,
+            missing="zero",
+            source="the analytic gradient (GradientTape)",
+        )
 
     def _user_gradient(self) -> FloatArray:
         value = self._grad(self._target) if callable(self._grad) else self._grad
-        return self._flatten(self._align(value), "grad")
-
-    def _align(self, value: Any) -> list[Any]:
         names = [s.name for s in self._slots]
-        leaves = list(walk(value))
-        if isinstance(value, dict):
-            by_name = {".".join(str(p) for p in path): leaf for path, leaf in leaves}
-            if set(by_name) == set(names):
-                return [by_name[name] for name in names]
-        if len(leaves) == 1 and len(names) == 1:
-            return [leaves[0][1]]
-        if len(leaves) != len(names):
-            raise GradientError(
-                f"grad gave {len(leaves)} tensor(s) but {len(names)} variables are checked "
-                f"({', '.join(names)}); give one gradient per variable, in the order of "
-                "model.trainable_variables (or of params), or a dict keyed by those names"
-            )
-        return [leaf for _, leaf in leaves]
-
-    def _flatten(self, grads: list[Any], source: str) -> FloatArray:
-        flat = np.empty(self.layout.size, dtype=np.float64)
-        for slot, segment, g in zip(self._slots, self.layout, grads, strict=True):
-            if g is None:
-                raise GradientError(
-                    f"{source} for {slot.name!r} is None; give a tensor of shape {slot.shape} "
-                    "for every variable (zeros if the loss ignores it)"
-                )
-            try:
-                if not isinstance(g, np.ndarray):
-                    g = tf.convert_to_tensor(g)
-                value = np.asarray(g, dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise GradientError(
-                    f"{source} for {slot.name!r} is a {type(g).__name__}, not a tensor of "
-                    f"shape {slot.shape}"
-                ) from exc
-            if value.shape != slot.shape:
-                raise GradientError(
-                    f"{source} for {slot.name!r} has shape {value.shape} but the variable has "
-                    f"shape {slot.shape}; give one tensor per variable, same shape"
-                )
-            if not np.all(np.isfinite(value)):
-                bad = np.argwhere(~np.isfinite(value))
-                first = [int(i) for i in bad[0]] if value.ndim else []
-                raise GradientError(
-                    f"{source} for {slot.name!r} (shape {value.shape}) holds {bad.shape[0]} "
-                    f"non-finite value(s), the first at {first}: {value[tuple(first)]!r}"
-                )
-            flat[segment.offset : segment.stop] = value.reshape(-1)
-        return flat
+        leaves = leaves_by_name(value, names, order="model.trainable_variables (or of params)")
+        return flatten_gradient(self.layout, leaves, to_array=_to_array, source="grad")
 
     def restore(self) -> None:
         try:
@@ -352,12 +313,12 @@ class TensorFlowView(BufferedView):
             else:
                 how = f"{program.loss_dtype} (the variables' own dtype)"
             mode = "compiled (tf.function)" if program.compiled else "eager"
-            notes["evaluation"] = "; ".join([f"{how}, {mode}", *self._why])
-            notes["writes"] = program.writes
-            notes["trace_s"] = round(program.trace_s, 3)
+            notes[kit_notes.EVALUATION] = "; ".join([f"{how}, {mode}", *self._why])
+            notes[kit_notes.WRITES] = program.writes
+            notes[kit_notes.TRACE_S] = round(program.trace_s, 3)
             notes.update(program.notes)
         notes.update(self._notes)
         tf32 = self._tf32.note
         if tf32 is not None:
-            notes["tf32"] = tf32
+            notes[kit_notes.TF32] = tf32
         return notes

@@ -26,6 +26,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from gradguard import hookimpl
+from gradguard.kit.tree import holds_any
 
 if TYPE_CHECKING:
     from gradguard_torch._adapter import TorchAdapter, TorchView
@@ -62,16 +63,7 @@ def holds_torch(params: object) -> bool:
     torch = sys.modules.get("torch")
     if torch is None or not hasattr(torch, "nn"):  # absent, or still being imported
         return False
-    stack = [params]
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, dict):
-            stack.extend(obj.values())
-        elif isinstance(obj, list | tuple):
-            stack.extend(obj)
-        elif _is_torch_leaf(obj, torch):
-            return True
-    return False
+    return holds_any(params, lambda leaf: _is_torch_leaf(leaf, torch))
 
 
 def __getattr__(name: str) -> Any:

@@ -4,8 +4,8 @@ How a check runs (``docs/pytorch.md`` has the measurements behind each choice):
 
 * **Which tensors.** A module's parameters that require grad, named by ``named_parameters()``
   (tied parameters once); DataParallel / DistributedDataParallel wrappers are unwrapped. Or
-  the tensors of a tensor, a Parameter, or a dict/list/tuple nesting them (the same tensor
-  twice counts once).
+  the tensors of a tensor, a Parameter, or a dict/list/tuple nesting them (a tensor given
+  twice, or tensors that share memory, are refused: they would move together).
 * **Where the loss is evaluated.** A module with float32 or float16 parameters or buffers is
   evaluated in a private **float64 shadow copy** (``copy.deepcopy`` then ``.double()``), with
   its inputs and the loss's own tensors lifted to float64 (:mod:`gradguard_torch._precision`):
@@ -37,9 +37,7 @@ How a check runs (``docs/pytorch.md`` has the measurements behind each choice):
 from __future__ import annotations
 
 import copy
-import itertools
 import math
-import numbers
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, ClassVar
 
@@ -49,9 +47,13 @@ import torch
 
 from gradguard.engine.layout import Layout
 from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, LossError
+from gradguard.kit import notes
 from gradguard.kit.contract import Adapter, FlatView, IndexArray, scalar_loss_value
+from gradguard.kit.dtypes import least_precise
+from gradguard.kit.gradients import flatten_gradient, leaves_by_name
+from gradguard.kit.memory import Extent, refuse_shared
 from gradguard.kit.signals import deferred, entered, left, transition
-from gradguard.kit.tree import Path, path_name, walk, walk_like
+from gradguard.kit.tree import Path, path_name, refuse_duplicate_names, walk, walk_like
 from gradguard.kit.validate import check_loss_value
 from gradguard_torch._precision import LOW_PRECISION, Float64Mode, cast_inputs
 from gradguard_torch._tf32 import Tf32Switch
@@ -89,14 +91,6 @@ _NO_DEPENDENCE = (
     "check(lambda m: F.mse_loss(m(x), y), model), not from a model held in a closure, and "
     "do not detach it, compute it under torch.no_grad(), or go through .item() or .numpy()"
 )
-
-
-def _precision(dtype: np.dtype[Any]) -> int:
-    return int(np.finfo(dtype).bits)
-
-
-def _least_precise(*dtypes: np.dtype[Any]) -> np.dtype[Any]:
-    return min(dtypes, key=_precision)
 
 
 def unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -162,24 +156,31 @@ def _check_tensor(name: str, tensor: torch.Tensor, *, tree: bool) -> None:
         )
 
 
-def _memory_span(tensor: torch.Tensor) -> tuple[int, int]:
+def _extent(tensor: torch.Tensor) -> Extent:
     """The byte range ``[start, stop)`` a tensor's elements occupy."""
+    if tensor.numel() == 0:
+        return 0, 0
     start = tensor.data_ptr()
     strides = zip(tensor.shape, tensor.stride(), strict=True)
     extent = sum((size - 1) * stride for size, stride in strides)
     return start, start + (extent + 1) * tensor.element_size()
 
 
+def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors whose extents overlap have an element in common (on the CPU:
+    exactly, through NumPy; elsewhere: assumed)."""
+    if a.device.type != "cpu":
+        return True
+    return bool(np.shares_memory(a.detach().numpy(), b.detach().numpy()))
+
+
 def _check_disjoint(entries: list[tuple[str, torch.Tensor]]) -> None:
     """Distinct tensors must not overlap in memory: perturbing one would move the other."""
-    spans = sorted((_memory_span(t), name) for name, t in entries if t.numel() > 0)
-    for ((_, stop), name), ((start, _), other) in itertools.pairwise(spans):
-        if start < stop:
-            raise InvalidParamsError(
-                f"parameters {name!r} and {other!r} share memory (one is a view of the "
-                "other, or both are views of one buffer); a check perturbs one element at a "
-                "time, so pass only one of them"
-            )
+    tensors = [t for _, t in entries]
+    refuse_shared(
+        [(name, _extent(t)) for name, t in entries],
+        lambda i, j: _shares(tensors[i], tensors[j]),
+    )
 
 
 def _check_devices(entries: list[tuple[str, torch.Tensor]]) -> torch.device:
@@ -212,11 +213,9 @@ def _module_entries(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def _tree_entries(params: Any) -> tuple[list[tuple[str, torch.Tensor]], dict[Path, int]]:
-    """The distinct tensors of a tree, and the position of each path's tensor among them."""
+    """The tensors of a tree, and the position of each path's tensor among them."""
     entries: list[tuple[str, torch.Tensor]] = []
-    index_of: dict[int, int] = {}
     positions: dict[Path, int] = {}
-    names: set[str] = set()
     for path, leaf in walk(params, ()):
         name = path_name(path)
         if isinstance(leaf, torch.nn.Module):
@@ -233,21 +232,14 @@ def _tree_entries(params: Any) -> tuple[list[tuple[str, torch.Tensor]], dict[Pat
         _check_initialized(name, leaf)
         if leaf.numel() == 0:  # nothing to check
             continue
-        if id(leaf) not in index_of:  # the same tensor twice is one parameter
-            if name in names:
-                raise InvalidParamsError(
-                    f"two parameters are both named {name!r}; a report must name each tensor "
-                    "once: rename a key so that nested keys joined with '.' stay distinct"
-                )
-            index_of[id(leaf)] = len(entries)
-            entries.append((name, leaf))
-            names.add(name)
-        positions[path] = index_of[id(leaf)]
+        positions[path] = len(entries)
+        entries.append((name, leaf))
     if not entries:
         raise InvalidParamsError(
             "params is empty: there is no tensor to check (pass a model, a tensor, or a "
             "dict/list of tensors the loss depends on)"
         )
+    refuse_duplicate_names(list(positions))
     return entries, positions
 
 
@@ -471,7 +463,7 @@ class TorchView(FlatView):
             self._go_native()
         if self.device.type == "cuda":
             self._tf32 = Tf32Switch.off()
-            self._notes["tf32"] = (
+            self._notes[notes.TF32] = (
                 "disabled during the check (it was on for "
                 + (" and ".join(self._tf32.was_on) or "nothing")
                 + ")"
@@ -498,7 +490,7 @@ class TorchView(FlatView):
         self._generators = _Generators(shadow)
         self._presented = shadow
         self._loss_dtype: np.dtype[Any] = np.dtype(np.float64)
-        self._notes["evaluation"] = "float64 shadow copy"
+        self._notes[notes.EVALUATION] = "float64 shadow copy"
         return shadow
 
     def _go_native(self) -> None:
@@ -510,8 +502,8 @@ class TorchView(FlatView):
         self._slots = [_Slot(name, t, t) for name, t in self._entries]
         self._buffers = self._user_buffers
         self._generators = self._user_generators
-        self._loss_dtype = _least_precise(*(slot.np_dtype for slot in self._slots))
-        self._notes.setdefault("evaluation", "in place")
+        self._loss_dtype = least_precise(*(slot.np_dtype for slot in self._slots))
+        self._notes.setdefault(notes.EVALUATION, "in place")
         if callable(self._grad):  # a user gradient function may run backward() on them
             tensors = [t for _, t in self._entries]
             if self._module is not None:
@@ -520,7 +512,9 @@ class TorchView(FlatView):
 
     def _fall_back(self, reason: str) -> None:
         dtypes = sorted({str(t.dtype).removeprefix("torch.") for _, t in self._entries})
-        self._notes["evaluation"] = f"in place, {'/'.join(dtypes)} (no float64 shadow: {reason})"
+        self._notes[notes.EVALUATION] = (
+            f"in place, {'/'.join(dtypes)} (no float64 shadow: {reason})"
+        )
         self._shadow = None
 
     # -- calling the loss --------------------------------------------------------------------
@@ -562,7 +556,7 @@ class TorchView(FlatView):
             )
         if value.dtype is not self._seen_loss_dtype:  # np.finfo is slow: once per dtype
             self._seen_loss_dtype = value.dtype
-            self._loss_dtype = _least_precise(self._loss_dtype, _LOSS_DTYPES[value.dtype])
+            self._loss_dtype = least_precise(self._loss_dtype, _LOSS_DTYPES[value.dtype])
         return value
 
     @staticmethod
@@ -705,13 +699,14 @@ class TorchView(FlatView):
             raise _NoDependenceError(_NO_DEPENDENCE)
         missing = [s.name for s, g in zip(self._slots, grads, strict=True) if g is None]
         if missing:
-            self._notes["no_gradient"] = ", ".join(missing)
-        flat = np.zeros(self.layout.size, dtype=np.float64)
-        for segment, g in zip(self.layout, grads, strict=True):
-            if g is not None:
-                flat[segment.offset : segment.stop] = _to_numpy(g)
-        self._check_finite(flat)
-        return flat
+            self._notes[notes.NO_GRADIENT] = ", ".join(missing)
+        return flatten_gradient(
+            self.layout,
+            grads,
+            to_array=_to_numpy,
+            missing="zero",
+            source="the analytic gradient (autograd)",
+        )
 
     def _in_mode(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._shadow is not None:
@@ -751,24 +746,26 @@ class TorchView(FlatView):
     def _explicit_gradient(self) -> FloatArray:
         grad = self._grad
         value = self._run(grad, grad_enabled=True) if callable(grad) else grad
-        flat, dtype = _flatten_gradient(self, value)
-        self._check_finite(flat)
-        self._loss_dtype = _least_precise(self._loss_dtype, dtype)
+        leaves = self._gradient_leaves(value)
+        # ``None`` for a tensor counts as zeros, as ``.grad`` is ``None`` when nothing flowed.
+        flat = flatten_gradient(self.layout, leaves, to_array=_to_numpy, missing="zero")
+        self._loss_dtype = least_precise(self._loss_dtype, *map(_leaf_dtype, leaves))
         return flat
 
-    def _check_finite(self, flat: FloatArray) -> None:
-        if np.all(np.isfinite(flat)):
-            return
-        for segment in self.layout:
-            part = flat[segment.offset : segment.stop]
-            bad = np.flatnonzero(~np.isfinite(part))
-            if bad.size:
-                first = list(segment.unravel(int(bad[0])))
-                raise GradientError(
-                    f"the gradient for {segment.name!r} (shape {segment.shape}) holds "
-                    f"{bad.size} non-finite value(s), the first at {first}: {part[bad[0]]!r}; "
-                    "fix the backward pass (a division by zero, a log of 0, an overflow?)"
-                )
+    def _gradient_leaves(self, grad: Any) -> list[Any]:
+        """A user-supplied gradient as one leaf per checked tensor, in layout order."""
+        if self._module is None:  # a container: the gradient mirrors it
+            by_path = dict(walk_like(self._template, grad))
+            leaves: list[Any] = [None] * len(self.layout)
+            for path, position in self._positions.items():
+                leaves[position] = by_path[path]
+            return leaves
+        # A module: by name over named_parameters(), or in that order. A tied parameter's
+        # other names may appear in a dict too.
+        aliases = {name for name, _ in self._module.named_parameters(remove_duplicate=False)}
+        return leaves_by_name(
+            grad, self.layout.names, order="model.named_parameters()", ignored=aliases
+        )
 
     # -- FlatView ----------------------------------------------------------------------------
 
@@ -892,14 +889,14 @@ def _graph_leaves(loss: torch.Tensor) -> list[torch.Tensor]:
     return leaves
 
 
-def _to_numpy(value: Any) -> FloatArray:
+def _to_numpy(value: Any) -> Any:
+    """A gradient leaf as NumPy reads it: a tensor dense, detached, on the CPU, float64."""
     if isinstance(value, torch.Tensor):
         tensor: torch.Tensor = value
         if tensor.layout != torch.strided:  # nn.Embedding(sparse=True) gives sparse gradients
             tensor = tensor.to_dense()
-        flat: FloatArray = tensor.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
-        return flat
-    return np.asarray(value, dtype=np.float64).reshape(-1)
+        return tensor.detach().to(device="cpu", dtype=torch.float64).numpy()
+    return value
 
 
 def _leaf_dtype(value: Any) -> np.dtype[Any]:
@@ -909,83 +906,6 @@ def _leaf_dtype(value: Any) -> np.dtype[Any]:
     if isinstance(dtype, np.dtype) and dtype.kind == "f":
         return dtype
     return np.dtype(np.float64)
-
-
-def _flatten_gradient(view: TorchView, grad: Any) -> tuple[FloatArray, np.dtype[Any]]:
-    """A user-supplied gradient, checked against the params' structure and flattened.
-
-    ``None`` for a tensor counts as zeros (as ``.grad`` is ``None`` when nothing flowed).
-    Returns the flat gradient and the least precise dtype it came in.
-    """
-    leaves: list[tuple[str, Any]]
-    if view._module is not None:
-        leaves = _module_gradient_leaves(view, grad)
-    else:
-        leaves = _tree_gradient_leaves(view, grad)
-    flat = np.zeros(view.layout.size, dtype=np.float64)
-    dtype = np.dtype(np.float64)
-    for segment, (name, leaf) in zip(view.layout, leaves, strict=True):
-        if leaf is None:
-            continue
-        if not isinstance(leaf, torch.Tensor | np.ndarray | numbers.Real | np.generic):
-            raise GradientError(
-                f"the gradient for {name!r} is a {type(leaf).__name__}, not a tensor of shape "
-                f"{segment.shape}"
-            )
-        shape = tuple(leaf.shape) if isinstance(leaf, torch.Tensor) else np.asarray(leaf).shape
-        if shape != segment.shape:
-            raise GradientError(
-                f"the gradient for {name!r} has shape {shape} but the parameter has shape "
-                f"{segment.shape}; grad must give one tensor per parameter, same shape "
-                "(a transposed or unsummed gradient?)"
-            )
-        flat[segment.offset : segment.stop] = _to_numpy(leaf)
-        dtype = _least_precise(dtype, _leaf_dtype(leaf))
-    return flat, dtype
-
-
-def _module_gradient_leaves(view: TorchView, grad: Any) -> list[tuple[str, Any]]:
-    names = view.layout.names
-    if isinstance(grad, torch.Tensor) and len(names) == 1:
-        return [(names[0], grad)]
-    if isinstance(grad, dict):
-        missing = [n for n in names if n not in grad]
-        module = view._module
-        assert module is not None
-        known = {name for name, _ in module.named_parameters(remove_duplicate=False)}
-        unknown = [str(k) for k in grad if k not in names and k not in known]
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing {missing}")
-            if unknown:
-                parts.append(f"unknown names {unknown}")
-            raise GradientError(
-                "the gradient dict has " + " and ".join(parts) + "; it must map every "
-                "parameter name of model.named_parameters() that requires grad to its gradient"
-            )
-        return [(n, grad[n]) for n in names]
-    if isinstance(grad, list | tuple):
-        if len(grad) != len(names):
-            raise GradientError(
-                f"the gradient is a {type(grad).__name__} of length {len(grad)}, but the model "
-                f"has {len(names)} parameters that require grad; give one tensor per "
-                "parameter in model.named_parameters() order, or a dict by name"
-            )
-        return list(zip(names, grad, strict=True))
-    raise GradientError(
-        f"the gradient is a {type(grad).__name__}; for a module, grad must be (or return) a "
-        "dict {name: tensor} over model.named_parameters(), or a list in that order"
-    )
-
-
-def _tree_gradient_leaves(view: TorchView, grad: Any) -> list[tuple[str, Any]]:
-    chosen: dict[int, tuple[str, Any]] = {}
-    for path, leaf in walk_like(view._template, grad, ()):
-        position = view._positions.get(path)
-        if position is not None and position not in chosen:
-            chosen[position] = (path_name(path), leaf)
-    return [chosen[i] for i in range(len(view.layout))]
 
 
 class TorchAdapter(Adapter):

@@ -45,6 +45,7 @@ import torch.distributed as dist
 from gradguard.engine.layout import Layout
 from gradguard.errors import GradientError, InvalidParamsError, LossError
 from gradguard.kit.contract import FlatView, IndexArray
+from gradguard.kit.dtypes import least_precise
 from gradguard_torch._adapter import (
     _LOSS_DTYPES,
     _NO_DEPENDENCE,
@@ -52,7 +53,6 @@ from gradguard_torch._adapter import (
     _Buffers,
     _check_tensor,
     _Grads,
-    _least_precise,
     _module_entries,
     _RngState,
     unwrap_module,
@@ -314,7 +314,7 @@ class ShardedView(FlatView):
         self._rng = _RngState()
         self._grads = _Grads(list(module.parameters()))
         self._grad_enabled = torch.is_grad_enabled()
-        self._loss_dtype: np.dtype[Any] = _least_precise(*(s.np_dtype for s in self._slots))
+        self._loss_dtype: np.dtype[Any] = least_precise(*(s.np_dtype for s in self._slots))
         self._seen_loss_dtype: torch.dtype | None = None
         self._first = True
         self._gradient: FloatArray | None = None
@@ -453,7 +453,7 @@ class ShardedView(FlatView):
             )
         if value.dtype is not self._seen_loss_dtype:
             self._seen_loss_dtype = value.dtype
-            self._loss_dtype = _least_precise(self._loss_dtype, _LOSS_DTYPES[value.dtype])
+            self._loss_dtype = least_precise(self._loss_dtype, _LOSS_DTYPES[value.dtype])
         return value
 
     def evaluate(self) -> float:

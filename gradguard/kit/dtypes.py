@@ -1,0 +1,114 @@
+"""Dtype helpers every adapter needs: precision order, float64 originals, TF32 switched off.
+
+Framework-free: an adapter maps its own dtypes to NumPy dtypes (bfloat16, which NumPy lacks,
+to float16: a stricter unit round-off) and uses these for the rest.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Tf32Switch", "float64_flat", "least_precise", "precision_bits"]
+
+_BITS: dict[np.dtype[Any], int] = {}
+
+
+def precision_bits(dtype: npt.DTypeLike) -> int:
+    """The width of a floating dtype in bits (16, 32, 64): its rank in precision."""
+    key = np.dtype(dtype)
+    bits = _BITS.get(key)
+    if bits is None:  # np.finfo is slow; a check asks the same few dtypes many times
+        bits = _BITS[key] = int(np.finfo(key).bits)
+    return bits
+
+
+def least_precise(*dtypes: npt.DTypeLike) -> np.dtype[Any]:
+    """The least precise of some floating dtypes: what a computation mixing them is worth.
+
+    Raises:
+        ValueError: no dtype was given.
+    """
+    if not dtypes:
+        raise ValueError("least_precise() needs at least one dtype")
+    return min((np.dtype(d) for d in dtypes), key=precision_bits)
+
+
+def float64_flat(saved: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """A tensor's saved original as the engine reads it: flat, float64, read-only.
+
+    A float64 original is returned as a read-only view (no copy); any other dtype is
+    converted (exactly: float16 and float32 values are all float64 values).
+    """
+    if saved.dtype == np.float64:
+        view: npt.NDArray[np.float64] = saved.reshape(-1).view()
+    else:
+        view = saved.reshape(-1).astype(np.float64)
+    view.flags.writeable = False  # the engine must not scribble on the saved original
+    return view
+
+
+class Tf32Switch(abc.ABC):
+    """TF32 switched off for a check and put back exactly, one API for every framework.
+
+    On Ampere and later GPUs, float32 matmuls and convolutions may run in TF32 (a 10-bit
+    mantissa), which makes float32 central differences meaningless. A view calls
+    :meth:`off` when it opens and :meth:`restore` when it closes (idempotent), and puts
+    :meth:`note` in its notes under :data:`gradguard.kit.notes.TF32`.
+
+    A framework implements the three private methods; the saving, the idempotence and the
+    report's wording live here once.
+
+    Attributes:
+        was_on: The paths that had TF32 on before the check (``("matmul", "cudnn")``,
+            ``("all",)`` for a framework with a single switch), empty when none had.
+    """
+
+    def __init__(self) -> None:
+        self.was_on: tuple[str, ...] = self._enabled()
+        self._active = False
+
+    @classmethod
+    def off(cls) -> Tf32Switch:
+        """Save the current settings and switch TF32 off; on failure nothing stays changed."""
+        switch = cls()
+        switch._active = True
+        try:
+            if switch.was_on:
+                switch._disable()
+        except BaseException:
+            switch.restore()
+            raise
+        return switch
+
+    def restore(self) -> None:
+        """Put the saved settings back, once (later calls do nothing)."""
+        if not self._active:
+            return
+        self._active = False
+        if self.was_on:
+            self._put_back()
+
+    def note(self, gpu: bool) -> str | None:
+        """What the report says about TF32; ``None`` without a GPU (nothing to switch)."""
+        if not gpu:
+            return None
+        if not self.was_on:
+            return "already disabled; left disabled"
+        paths = "" if self.was_on == ("all",) else f" (it was on for {' and '.join(self.was_on)})"
+        return f"disabled during the check, then re-enabled{paths}"
+
+    @abc.abstractmethod
+    def _enabled(self) -> tuple[str, ...]:
+        """Read the settings (saving whatever :meth:`_put_back` needs); the paths that are on."""
+
+    @abc.abstractmethod
+    def _disable(self) -> None:
+        """Switch TF32 off on every path in :attr:`was_on`."""
+
+    @abc.abstractmethod
+    def _put_back(self) -> None:
+        """Put the settings saved by :meth:`_enabled` back, through the API they were set with."""
