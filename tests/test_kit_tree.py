@@ -6,8 +6,16 @@ from typing import NamedTuple
 
 import pytest
 
-from gradguard import GradientError
-from gradguard.kit.tree import path_name, rebuild, walk, walk_like
+from gradguard import GradientError, InvalidParamsError
+from gradguard.kit.tree import (
+    holds_any,
+    holds_only,
+    path_name,
+    rebuild,
+    refuse_duplicate_names,
+    walk,
+    walk_like,
+)
 
 
 class Pair(NamedTuple):
@@ -56,3 +64,57 @@ def test_walk_like_names_the_mismatch(template: object, other: object, match: st
     """A gradient that does not mirror the params is a GradientError saying where."""
     with pytest.raises(GradientError, match=match):
         list(walk_like(template, other))
+
+
+class Box:
+    """A framework's own container (a pytree node, a layer): children by attribute."""
+
+    def __init__(self, **children: object) -> None:
+        self.children = children
+
+
+def expand_box(obj: object) -> list[tuple[str, object]] | None:
+    return list(obj.children.items()) if isinstance(obj, Box) else None
+
+
+def test_a_framework_plugs_its_containers_into_walk() -> None:
+    """walk(expand=...) descends into the framework's nodes and names their keys."""
+    tree = {"enc": Box(w=1, b=[2, 3]), "out": 4}
+    assert [(path_name(p), leaf) for p, leaf in walk(tree, expand=expand_box)] == [
+        ("enc.w", 1),
+        ("enc.b.0", 2),
+        ("enc.b.1", 3),
+        ("out", 4),
+    ]
+    assert isinstance(next(leaf for _, leaf in walk(tree)), Box)  # without expand: a leaf
+
+
+def test_walk_like_mirrors_a_frameworks_containers() -> None:
+    """A gradient in the same custom containers is walked in the params' order; another
+    structure is refused, naming where."""
+    params = Box(w=1.0, b=2.0)
+    assert list(walk_like(params, Box(w=10.0, b=20.0), expand=expand_box)) == [
+        (("w",), 10.0),
+        (("b",), 20.0),
+    ]
+    with pytest.raises(GradientError, match="params there is a Box"):
+        list(walk_like(params, {"w": 1.0, "b": 2.0}, expand=expand_box))
+
+
+def test_claims_walk_the_same_way() -> None:
+    """holds_any / holds_only answer "is this mine?" with the same walk, and never raise."""
+    assert holds_any([1, "x"], lambda leaf: leaf == "x")
+    assert not holds_only([1, "x"], lambda leaf: isinstance(leaf, int))
+    assert holds_only(Box(a=1), lambda leaf: isinstance(leaf, int), expand=expand_box)
+    looped: list[object] = []
+    looped.append(looped)
+    assert not holds_any(looped, lambda leaf: True)
+    with pytest.raises(InvalidParamsError, match="holds itself"):
+        list(walk(looped))
+
+
+def test_names_that_collide_are_refused() -> None:
+    """Two paths that print alike ('a.b') are refused, naming both paths."""
+    refuse_duplicate_names([("a",), ("b",)])
+    with pytest.raises(InvalidParamsError, match=r"both named 'a\.b'"):
+        refuse_duplicate_names([("a.b",), ("a", "b")])

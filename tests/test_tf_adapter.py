@@ -592,8 +592,8 @@ def test_tf32_is_off_while_a_check_runs_and_restored_after() -> None:
     assert tf.config.experimental.tensor_float_32_execution_enabled()
     tf.config.experimental.enable_tensor_float_32_execution(False)
     try:
-        switch = Tf32Switch()
-        assert not switch.was_on
+        switch = Tf32Switch.off()
+        assert not switch.was_on and switch.note(gpu=True) == "already disabled; left disabled"
         switch.restore()
         assert not tf.config.experimental.tensor_float_32_execution_enabled()
     finally:

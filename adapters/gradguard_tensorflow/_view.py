@@ -28,7 +28,7 @@ from gradguard_tensorflow._programs import (
     StatelessFunctions,
     StatelessProgram,
 )
-from gradguard_tensorflow._tf32 import Tf32Switch
+from gradguard_tensorflow._tf32 import Tf32Switch, gpu_visible
 
 __all__ = ["TensorFlowView"]
 
@@ -89,7 +89,7 @@ class TensorFlowView(BufferedView):
         self._none: tuple[Any, Any] | None = None
         self._empty: Any = None
         # TF32 last: nothing after it can fail, so restore() always runs when it was changed.
-        self._tf32 = Tf32Switch()
+        self._tf32 = Tf32Switch.off()
 
     # -- choosing how to evaluate ----------------------------------------------------------
 
@@ -318,7 +318,7 @@ class TensorFlowView(BufferedView):
             notes[kit_notes.TRACE_S] = round(program.trace_s, 3)
             notes.update(program.notes)
         notes.update(self._notes)
-        tf32 = self._tf32.note
+        tf32 = self._tf32.note(gpu_visible())
         if tf32 is not None:
             notes[kit_notes.TF32] = tf32
         return notes

@@ -463,11 +463,7 @@ class TorchView(FlatView):
             self._go_native()
         if self.device.type == "cuda":
             self._tf32 = Tf32Switch.off()
-            self._notes[notes.TF32] = (
-                "disabled during the check (it was on for "
-                + (" and ".join(self._tf32.was_on) or "nothing")
-                + ")"
-            )
+            self._notes[notes.TF32] = self._tf32.note(gpu=True)
 
     # -- setting up --------------------------------------------------------------------------
 

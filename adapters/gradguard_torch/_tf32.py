@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from gradguard.kit import dtypes
+
 __all__ = ["Tf32Switch", "tf32_snapshot"]
 
 # (name, parent object, attribute) of the fp32_precision attributes that exist in this build,
@@ -100,16 +102,14 @@ def tf32_snapshot() -> dict[str, object]:
     return shot
 
 
-class Tf32Switch:
-    """Saves the TF32 settings, switches TF32 off, and puts the settings back.
+class Tf32Switch(dtypes.Tf32Switch):
+    """PyTorch's TF32 settings: ``was_on`` names the GPU paths (``"matmul"``, ``"cudnn"``).
 
-    Use :meth:`off` to save and switch off, :meth:`restore` (idempotent) to put back.
-
-    Attributes:
-        was_on: The GPU paths that had TF32 on before the check (``"matmul"``, ``"cudnn"``).
+    The saving, the idempotence and the report's words are the kit's
+    (:class:`gradguard.kit.dtypes.Tf32Switch`); this class reads, switches and puts back.
     """
 
-    def __init__(self) -> None:
+    def _enabled(self) -> tuple[str, ...]:
         self._legacy = _legacy()
         self._precisions = _precisions()
         self._float32_matmul: str | None
@@ -117,7 +117,6 @@ class Tf32Switch:
             self._float32_matmul = torch.get_float32_matmul_precision()
         except RuntimeError:
             self._float32_matmul = None
-        self._active = False
         if self._legacy is not None:
             matmul, cudnn = self._legacy
         else:
@@ -125,34 +124,21 @@ class Tf32Switch:
             cudnn = any(
                 _effective(self._precisions, n) == "tf32" for n in ("cudnn.conv", "cudnn.rnn")
             )
-        self.was_on = tuple(name for name, on in (("matmul", matmul), ("cudnn", cudnn)) if on)
+        return tuple(name for name, on in (("matmul", matmul), ("cudnn", cudnn)) if on)
 
-    @classmethod
-    def off(cls) -> Tf32Switch:
-        """Save the current settings and switch TF32 off for matmuls and cuDNN."""
-        switch = cls()
-        switch._active = True
-        try:
-            if switch._legacy is not None:
-                matmul, cudnn = switch._legacy
-                if matmul:
-                    torch.backends.cuda.matmul.allow_tf32 = False
-                if cudnn:
-                    torch.backends.cudnn.allow_tf32 = False
-            else:
-                for name in _GPU_PRECISIONS:
-                    if name in switch._precisions:
-                        _set_precision(name, "ieee")
-        except BaseException:
-            switch.restore()
-            raise
-        return switch
+    def _disable(self) -> None:
+        if self._legacy is not None:
+            matmul, cudnn = self._legacy
+            if matmul:
+                torch.backends.cuda.matmul.allow_tf32 = False
+            if cudnn:
+                torch.backends.cudnn.allow_tf32 = False
+        else:
+            for name in _GPU_PRECISIONS:
+                if name in self._precisions:
+                    _set_precision(name, "ieee")
 
-    def restore(self) -> None:
-        """Put the saved settings back, through the API they were set with."""
-        if not self._active:
-            return
-        self._active = False
+    def _put_back(self) -> None:
         if self._legacy is not None:
             matmul, cudnn = self._legacy
             if matmul:

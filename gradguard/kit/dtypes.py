@@ -7,7 +7,7 @@ to float16: a stricter unit round-off) and uses these for the rest.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -72,7 +72,7 @@ class Tf32Switch(abc.ABC):
         self._active = False
 
     @classmethod
-    def off(cls) -> Tf32Switch:
+    def off(cls) -> Self:
         """Save the current settings and switch TF32 off; on failure nothing stays changed."""
         switch = cls()
         switch._active = True

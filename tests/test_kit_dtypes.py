@@ -1,0 +1,78 @@
+"""Dtype helpers and the one TF32 switch API every adapter implements."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from gradguard.kit.dtypes import Tf32Switch, float64_flat, least_precise, precision_bits
+
+
+def test_least_precise_orders_by_width() -> None:
+    """float16 < float32 < float64, whatever the order given; nothing given is an error."""
+    assert least_precise(np.float64, "float32", np.dtype(np.float16)) == np.float16
+    assert least_precise(np.float64) == np.float64
+    assert precision_bits(np.float32) == 32
+    with pytest.raises(ValueError, match="at least one"):
+        least_precise()
+
+
+def test_float64_flat_is_read_only_and_copies_only_when_needed() -> None:
+    """float64 originals are a read-only view; others a float64 copy (exact)."""
+    saved = np.arange(6.0).reshape(2, 3)
+    flat = float64_flat(saved)
+    assert flat.base is not None and np.shares_memory(flat, saved) and not flat.flags.writeable
+    assert saved.flags.writeable
+    low = float64_flat(np.array([0.1], np.float32))
+    assert low.dtype == np.float64 and low[0] == np.float32(0.1) and not low.flags.writeable
+
+
+class _Flags(Tf32Switch):
+    """A framework with two paths, kept in a dict (the kit's part is what is tested)."""
+
+    state: ClassVar[dict[str, bool]] = {"matmul": True, "cudnn": False}
+    failing = False
+
+    def _enabled(self) -> tuple[str, ...]:
+        return tuple(k for k, on in self.state.items() if on)
+
+    def _disable(self) -> None:
+        if self.failing:
+            self.state["matmul"] = False
+            raise KeyboardInterrupt
+        for path in self.was_on:
+            self.state[path] = False
+
+    def _put_back(self) -> None:
+        for path in self.was_on:
+            self.state[path] = True
+
+
+def test_switch_turns_off_restores_once_and_words_the_note() -> None:
+    """off() saves and disables, restore() is idempotent, note() names what was on."""
+    switch = _Flags.off()
+    assert switch.was_on == ("matmul",) and _Flags.state == {"matmul": False, "cudnn": False}
+    assert (
+        switch.note(gpu=True) == "disabled during the check, then re-enabled (it was on for matmul)"
+    )
+    assert switch.note(gpu=False) is None
+    switch.restore()
+    _Flags.state["matmul"] = False  # a later change by the user is not undone by a 2nd restore
+    switch.restore()
+    assert _Flags.state == {"matmul": False, "cudnn": False}
+    already = _Flags.off()
+    assert already.was_on == () and already.note(gpu=True) == "already disabled; left disabled"
+
+
+def test_switch_puts_back_what_it_changed_when_switching_off_is_interrupted() -> None:
+    """An interrupt halfway through off() restores the settings before it propagates."""
+    _Flags.state = {"matmul": True, "cudnn": True}
+    _Flags.failing = True
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _Flags.off()
+        assert _Flags.state == {"matmul": True, "cudnn": True}
+    finally:
+        _Flags.failing = False
