@@ -9,6 +9,33 @@ analytic gradient, and puts values back; it never sees a framework object.
 A view is a context manager, and leaving it, normally or by any exception including
 ``KeyboardInterrupt``, must leave every parameter bit-identical to what it was (write the
 saved originals back; never subtract the step).
+
+The call order
+--------------
+
+The engine calls a view in this order, and an adapter may rely on it (the conformance suite,
+:mod:`gradguard.testing`, drives every adapter through it):
+
+1. ``Adapter.open(params, loss, grad)`` validates everything it can and modifies nothing.
+2. ``layout``, then ``original(s)`` for every tensor, before any evaluation.
+3. ``evaluate()`` at the original values, before any write: the first evaluation. An adapter
+   may compute the analytic gradient along with it (PyTorch does), and may decide here how
+   it evaluates (a float64 shadow, a compiled trace) as long as it is decided before:
+4. ``loss_dtype``, read after the first evaluation; it sets the step and the tolerance, so it
+   must not change afterwards.
+5. ``gradient()``, once, with every tensor at its original values.
+6. ``evaluate()`` again at the original values (the determinism check).
+7. Probes, one tensor at a time: ``write`` / ``write_element`` on tensor ``s``, then
+   ``evaluate()``, possibly more writes to the same tensor and evaluations, then ``reset`` /
+   ``reset_element`` of every position written, before any other tensor is written. At most
+   one tensor differs from its original values at any evaluation.
+8. ``notes``, read once, after the last evaluation.
+9. ``restore()`` through ``__exit__``: always, also when any step above raised, possibly in
+   the middle of a probe (a tensor still perturbed).
+
+A view may raise :class:`~gradguard.errors.GradGuardError` subclasses from any step
+(``InvalidParamsError`` from ``open``, ``LossError`` from ``evaluate``, ``GradientError``
+from ``gradient``); the user's own exceptions from the loss propagate unchanged.
 """
 
 from __future__ import annotations
@@ -26,12 +53,13 @@ from gradguard.errors import LossError
 from gradguard.kit.locks import default_keys
 from gradguard.kit.validate import check_loss_value
 
-__all__ = ["Adapter", "FlatView", "IndexArray", "scalar_loss_value"]
+__all__ = ["Adapter", "FlatView", "FloatArray", "IndexArray", "scalar_loss_value"]
 
 IndexArray = npt.NDArray[np.intp]
 """Flat positions inside one tensor."""
 
 FloatArray = npt.NDArray[np.float64]
+"""A flat float64 vector (an original, a gradient, stored values)."""
 
 
 class FlatView(abc.ABC):
