@@ -24,6 +24,7 @@ from gradguard.guard import Guard, Schedule, disabled_by_environment
 from gradguard.kit.signals import protected, session
 from gradguard.policy import DEFAULT_ON_FAILURE, OnFailure, validate_on_failure
 from gradguard.results import CheckReport
+from gradguard_tensorflow import _compat
 from gradguard_tensorflow._distribute import outside_strategy
 from gradguard_tensorflow._loss import ModelLoss, model_loss
 from gradguard_tensorflow._options import Precision, TFParams
@@ -357,7 +358,7 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
             )
         # Another fit of the same model, compiled the same way, reuses the loss and the
         # functions its checks traced (tracing a model costs more than a check).
-        compiled = getattr(model, "_compile_loss", None)  # a new object at each compile
+        compiled = _compat.compiled_loss(model)  # a new object at each compile
         loss = self._loss
         if loss is None or loss.model is not model or self._loss_compiled is not compiled:
             self._loss = None

@@ -13,9 +13,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no type information
-from tensorflow.python.ops import (  # type: ignore[import-untyped]  # no public equivalent
-    handle_data_util,
-)
+
+from gradguard_tensorflow._compat import resource_dtype
 
 __all__ = ["captured_resources", "float_precisions", "written_resources"]
 
@@ -179,19 +178,7 @@ def written_resources(concrete: Any) -> list[tuple[Any, Any]]:
             external = external_of.get(tensor.ref())
             if external is None or id(external) in written:
                 continue
-            dtype = _variable_dtype(internal_of[id(external)])
+            dtype = resource_dtype(internal_of[id(external)])
             if dtype is not None:
                 written[id(external)] = (external, dtype)
     return list(written.values())
-
-
-def _variable_dtype(internal: Any) -> Any:
-    """The dtype of the variable behind a captured resource placeholder, or None."""
-    try:
-        data = handle_data_util.get_resource_handle_data(internal)
-    except Exception:  # no handle data: not a variable we can read back
-        return None
-    types = [entry.dtype for entry in data.shape_and_type]
-    if len(types) != 1 or types[0] == tf.variant.as_datatype_enum:
-        return None
-    return tf.as_dtype(types[0])

@@ -83,7 +83,9 @@ def model_loss(
             f"{type(model).__module__}.{type(model).__qualname__}; for another loss, pass your "
             "own loss(params) callable to gradguard.check"
         )
-    has_compiled_loss = getattr(model, "_compile_loss", None) is not None
+    from gradguard_tensorflow import _compat  # TensorFlow is imported by now
+
+    has_compiled_loss = _compat.compiled_loss(model) is not None
     overrides = type(model).compute_loss is not keras.Model.compute_loss
     if not (has_compiled_loss or overrides or model.losses):
         raise LossError(

@@ -21,6 +21,8 @@ from typing import Any
 
 import keras  # type: ignore[import-untyped]  # Keras ships no type information
 
+from gradguard_tensorflow import _compat
+
 __all__ = ["Float64Unavailable", "float64_trace", "loss_objects", "referenced", "sublayers"]
 
 
@@ -33,10 +35,7 @@ def sublayers(roots: Sequence[Any]) -> list[Any]:
     layers: list[Any] = []
     seen: set[int] = set()
     for root in roots:
-        # Layer._flatten_layers is how Keras itself walks a model (Layer.losses, summary);
-        # there is no public equivalent that includes nested layers and the root.
-        flatten = getattr(root, "_flatten_layers", None)
-        for layer in flatten(include_self=True, recursive=True) if flatten else [root]:
+        for layer in _compat.flatten_layers(root):
             if id(layer) not in seen:
                 seen.add(id(layer))
                 layers.append(layer)
@@ -49,7 +48,7 @@ def loss_objects(roots: Sequence[Any], loss: Any) -> list[Any]:
     found: dict[int, Any] = {}
     stack: list[tuple[Any, int]] = []
     for layer in sublayers(roots):
-        compiled = getattr(layer, "_compile_loss", None)
+        compiled = _compat.compiled_loss(layer)
         if compiled is not None:
             stack.append((compiled, 0))
     for value in referenced(loss):
@@ -99,7 +98,7 @@ def float64_trace(roots: Sequence[Any], loss: Any) -> Iterator[None]:
     policy = keras.DTypePolicy("float64")
     layers = sublayers(roots)
     for layer in layers:
-        current = getattr(layer, "_dtype_policy", None)
+        current = _compat.dtype_policy(layer)
         if current is None or type(current) is not keras.DTypePolicy:
             raise Float64Unavailable(
                 f"layer {layer.name!r} has dtype policy {current!r} (quantized or per-path "
@@ -112,21 +111,15 @@ def float64_trace(roots: Sequence[Any], loss: Any) -> Iterator[None]:
     try:
         keras.config.set_floatx("float64")
         for layer in layers:
-            saved_layers.append((layer, layer._dtype_policy))
-            # The private attribute, not the dtype_policy setter: the setter may quantize a
-            # built layer, and nothing but the dtypes must change, for the trace only.
-            layer._dtype_policy = policy
+            saved_layers.append((layer, _compat.dtype_policy(layer)))
+            _compat.set_dtype_policy(layer, policy)
         for obj in losses:
-            saved_losses.append((obj, obj._dtype, getattr(obj, "_dtype_policy", None)))
-            obj._dtype = "float64"
-            if hasattr(obj, "_dtype_policy"):
-                obj._dtype_policy = policy
+            saved_losses.append((obj, *_compat.loss_dtypes(obj)))
+            _compat.set_loss_dtypes(obj, "float64", policy)
         yield
     finally:
         for obj, dtype, loss_policy in reversed(saved_losses):
-            obj._dtype = dtype
-            if loss_policy is not None:
-                obj._dtype_policy = loss_policy
+            _compat.set_loss_dtypes(obj, dtype, loss_policy)
         for layer, layer_policy in reversed(saved_layers):
-            layer._dtype_policy = layer_policy
+            _compat.set_dtype_policy(layer, layer_policy)
         keras.config.set_floatx(floatx)

@@ -39,6 +39,7 @@ from gradguard.errors import LossError
 from gradguard.kit import notes as kit_notes
 from gradguard.kit.signals import protected
 from gradguard.kit.validate import check_loss_value
+from gradguard_tensorflow._compat import call_flat, map_state
 from gradguard_tensorflow._graph import captured_resources, float_precisions, written_resources
 from gradguard_tensorflow._params import Slot, resource_of
 from gradguard_tensorflow._precision import Float64Unavailable, float64_trace
@@ -165,26 +166,6 @@ def _trace(function: Callable[..., Any], signature: Sequence[Any]) -> Any:
     """A concrete function traced from ``function`` (autograph off: the user's Python control
     flow runs as Python, once, as in a Keras model's own call)."""
     return tf.function(function, input_signature=list(signature), autograph=False)
-
-
-class _Fast:
-    """Calls a concrete function on tensors of exactly its signature's dtypes.
-
-    ``ConcreteFunction.__call__`` binds and checks its arguments against the signature in
-    Python, which costs as much as a small model's forward pass (measured: ~80 us for four
-    arguments, on a 0.3 ms evaluation); the adapter always builds its arguments with the
-    right dtypes, so it calls the flat entry point when this TensorFlow has it.
-    """
-
-    def __init__(self, concrete: Any) -> None:
-        self.concrete = concrete
-        self._flat = getattr(concrete, "_call_flat", None)
-        self._captured = list(concrete.captured_inputs)
-
-    def __call__(self, *args: Any) -> Any:
-        if self._flat is not None:
-            return self._flat(list(args), self._captured)
-        return self.concrete(*args)
 
 
 class WrittenState:
@@ -323,12 +304,10 @@ class StatelessFunctions:
 
         def scope(values: Sequence[Any], state_values: Sequence[Any]) -> Any:
             scope = keras.StatelessScope(collect_losses=True)
-            # Filled directly rather than through the constructor, which would cast float64
-            # values back to the variables' dtype.
             for variable, value in zip(self.variables, values, strict=True):
-                scope.state_mapping[id(variable)] = value
+                map_state(scope, variable, value)
             for variable, value in zip(self.state, state_values, strict=True):
-                scope.state_mapping[id(variable)] = value
+                map_state(scope, variable, value)
             return scope
 
         def read(variables: Sequence[Any]) -> list[Any]:
@@ -425,12 +404,12 @@ class StatelessFunctions:
                 raise Float64Unavailable(
                     f"the float64 trace still computes in {low[0]} ({self.found[low[0]]})"
                 )
-        self.evaluate_fn = _Fast(concrete)
+        self.evaluate_fn = call_flat(concrete)
 
     def trace_gradient(self) -> None:
         with self._tracing():
             concrete = _trace(self.gradient_py, self.gradient_specs).get_concrete_function()
-        self.gradient_fn = _Fast(concrete)
+        self.gradient_fn = call_flat(concrete)
 
     def use_eager(self) -> None:
         self.evaluate_fn = self.evaluate_py
@@ -556,9 +535,9 @@ class AssignProgram(Program):
             # Keras variable reads its own tf.Variable, where the perturbation is assigned.
             scope = keras.StatelessScope(collect_losses=True)
             for slot in keras_checked:
-                scope.state_mapping[id(slot.variable)] = slot.resource
+                map_state(scope, slot.variable, slot.resource)
             for variable, value in keras_state:
-                scope.state_mapping[id(variable)] = value
+                map_state(scope, variable, value)
             return scope
 
         def evaluate(probe: Any, dense: Any) -> Any:
@@ -617,13 +596,13 @@ class AssignProgram(Program):
                 concrete = _trace(self._evaluate_py, self._evaluate_specs).get_concrete_function()
         finally:
             self.trace_s += time.perf_counter() - started
-        self._evaluate_fn = _Fast(concrete)
+        self._evaluate_fn = call_flat(concrete)
         precisions = float_precisions(concrete)
         self.loss_dtype = _loss_dtype(_lowest(precisions, _least_precise(self._slots)), self.notes)
         if gradient:
             started = time.perf_counter()
             try:
-                self._gradient_fn = _Fast(_trace(self._gradient_py, []).get_concrete_function())
+                self._gradient_fn = call_flat(_trace(self._gradient_py, []).get_concrete_function())
             finally:
                 self.trace_s += time.perf_counter() - started
 
