@@ -162,6 +162,20 @@ def _dense(grads: Sequence[Any]) -> list[Any]:
     return [None if g is None else tf.convert_to_tensor(g) for g in grads]
 
 
+def _tape_gradient(
+    sources: Sequence[Any], scope: Any, loss: Callable[..., Any], params: Any, written: Any
+) -> tuple[Any, list[Any]]:
+    """The loss inside ``scope`` and its gradient with respect to ``sources``; then the state
+    the loss wrote is reset (``written``, a :class:`WrittenState`)."""
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(sources)
+        with protected(scope):  # entered and left whole under a Ctrl-C
+            out = scalar_loss(loss(params))
+    grads = tape.gradient(out, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
+    written.reset()
+    return out, _dense(grads)
+
+
 def _trace(function: Callable[..., Any], signature: Sequence[Any]) -> Any:
     """A concrete function traced from ``function`` (autograph off: the user's Python control
     flow runs as Python, once, as in a Keras model's own call)."""
@@ -329,13 +343,7 @@ class StatelessFunctions:
         def gradient_of_values() -> Any:
             values = read(self.value_variables)
             state_values = read(self.state_variables)
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(values)
-                with protected(scope(values, state_values)):
-                    out = scalar_loss(loss(params))
-            grads = tape.gradient(out, values, unconnected_gradients=tf.UnconnectedGradients.NONE)
-            self.written.reset()
-            return out, _dense(grads)
+            return _tape_gradient(values, scope(values, state_values), loss, params, self.written)
 
         def gradient_of_variables() -> Any:
             # With respect to the variables themselves, exactly as a training step computes
@@ -343,15 +351,9 @@ class StatelessFunctions:
             # checked variable is mapped to its own tf.Variable, so Keras reads it (its
             # regularizer too) and any write still lands in the scope.
             state_values = read(self.state_variables)
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(resources)
-                with protected(scope(resources, state_values)):
-                    out = scalar_loss(loss(params))
-            grads = tape.gradient(
-                out, resources, unconnected_gradients=tf.UnconnectedGradients.NONE
+            return _tape_gradient(
+                resources, scope(resources, state_values), loss, params, self.written
             )
-            self.written.reset()
-            return out, _dense(grads)
 
         self.evaluate_py = evaluate
         # A float64 trace differentiates the float64 values; a native one the variables.
@@ -564,15 +566,7 @@ class AssignProgram(Program):
             return out
 
         def gradient() -> Any:
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(resources)
-                with protected(scope()):
-                    out = scalar_loss(loss(params))
-            grads = tape.gradient(
-                out, resources, unconnected_gradients=tf.UnconnectedGradients.NONE
-            )
-            self.written.reset()
-            return out, _dense(grads)
+            return _tape_gradient(resources, scope(), loss, params, self.written)
 
         self._evaluate_py = evaluate
         self._gradient_py = gradient

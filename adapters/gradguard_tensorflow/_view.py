@@ -16,7 +16,7 @@ from gradguard.errors import GradGuardError, InvalidParamsError, SettingsError
 from gradguard.kit import notes as kit_notes
 from gradguard.kit.buffered import BufferedView
 from gradguard.kit.contract import scalar_loss_value
-from gradguard.kit.gradients import flatten_gradient, leaves_by_name
+from gradguard.kit.gradients import autodiff_gradient, flatten_gradient, leaves_by_name
 from gradguard_tensorflow._distribute import require_no_strategy
 from gradguard_tensorflow._loss import ModelLoss
 from gradguard_tensorflow._params import Slot, collect, read_value, resource_of
@@ -272,14 +272,11 @@ class TensorFlowView(BufferedView):
         if self._grad is not None:
             return self._user_gradient()
         _, grads = self._ensure_program().gradient()
-        missing = [slot.name for slot, g in zip(self._slots, grads, strict=True) if g is None]
-        if missing:  # not connected to the loss: a zero gradient, judged like any other
-            self._notes[kit_notes.NO_GRADIENT] = ", ".join(missing)
-        return flatten_gradient(
+        return autodiff_gradient(
             self.layout,
             grads,
+            self._notes,
             to_array=_to_array,
-            missing="zero",
             source="the analytic gradient (GradientTape)",
         )
 

@@ -18,9 +18,10 @@ import numpy.typing as npt
 
 from gradguard.engine.layout import Layout
 from gradguard.errors import GradientError
+from gradguard.kit.notes import NO_GRADIENT
 from gradguard.kit.tree import path_name, walk
 
-__all__ = ["check_finite", "flatten_gradient", "leaves_by_name"]
+__all__ = ["autodiff_gradient", "check_finite", "flatten_gradient", "leaves_by_name"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -81,6 +82,26 @@ def flatten_gradient(
         flat[segment.offset : segment.stop] = value.reshape(-1)
     check_finite(layout, flat, source=source)
     return flat
+
+
+def autodiff_gradient(
+    layout: Layout,
+    grads: Sequence[Any],
+    notes: dict[str, str | int | float | bool | None],
+    *,
+    to_array: Callable[[Any], npt.ArrayLike] = np.asarray,
+    source: str = "the analytic gradient",
+) -> FloatArray:
+    """A framework autodiff's gradient, flat: a ``None`` (the tensor is not connected to the
+    loss) counts as zero and is named in ``notes[NO_GRADIENT]``, so the reader knows.
+
+    Raises:
+        GradientError: as :func:`flatten_gradient` (a NaN in the backward pass, say).
+    """
+    missing = [segment.name for segment, g in zip(layout, grads, strict=True) if g is None]
+    if missing:
+        notes[NO_GRADIENT] = ", ".join(missing)
+    return flatten_gradient(layout, grads, to_array=to_array, missing="zero", source=source)
 
 
 def check_finite(layout: Layout, flat: FloatArray, *, source: str = "the gradient") -> None:
