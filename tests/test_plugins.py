@@ -296,5 +296,10 @@ def test_every_hook_is_prefixed_and_firstresult_hooks_say_so() -> None:
 def test_the_adapter_example_in_the_docs_runs() -> None:
     """The complete adapter example in docs/plugins.md works as written."""
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
-    example = next(block for block in blocks if "class BoxView" in block)
-    exec(compile(example, str(DOCS), "exec"), {"__name__": "docs_example"})
+    adapter = next(block for block in blocks if "class BoxView" in block)
+    usage = next(block for block in blocks if "gg.register(BoxPlugin()" in block)
+    namespace = {"__name__": "docs_example"}
+    try:
+        exec(compile(adapter + usage, str(DOCS), "exec"), namespace)
+    finally:
+        gg.unregister("box")
