@@ -37,6 +37,7 @@ import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no t
 
 from gradguard.errors import LossError
 from gradguard.kit import notes as kit_notes
+from gradguard.kit.dtypes import least_precise
 from gradguard.kit.signals import protected
 from gradguard.kit.validate import check_loss_value
 from gradguard_tensorflow._compat import call_flat, map_state
@@ -112,7 +113,7 @@ def _loss_dtype(name: str, notes: Notes) -> np.dtype[Any]:
 
 
 def _least_precise(slots: Sequence[Slot]) -> np.dtype[Any]:
-    return min((s.dtype for s in slots), key=lambda d: d.itemsize)
+    return least_precise(*(s.dtype for s in slots))
 
 
 def _transport(dtypes: Sequence[Any]) -> Any:
