@@ -92,7 +92,12 @@ def test_whole_tensor_write_touches_everything() -> None:
 def test_index_writes_accumulate_and_partial_reset_keeps_the_rest() -> None:
     """Touched positions accumulate; a reset that leaves one perturbed keeps it reported."""
     view = _view()
-    view.write(0, np.array([1, 2]), np.array([10.0, 20.0]))
+    index = np.array([2, 1])
+    view.write(0, index, np.array([20.0, 10.0]))
+    index[:] = 0  # the caller's index array is not kept
+    change = view.perturbation
+    assert change is not None and change.touched is not None
+    assert change.touched.tolist() == [1, 2] and change.touched_values.tolist() == [10.0, 20.0]
     view.write_element(0, 5, 50.0)
     change = view.perturbation
     assert change is not None and change.touched is not None

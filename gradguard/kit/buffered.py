@@ -167,7 +167,7 @@ class BufferedView(FlatView):
         if index is None:
             self._touched = None
         elif self._dirty is None:
-            self._touched = index
+            self._touched = np.unique(index)  # a private copy, sorted and distinct
         elif self._touched is not None and not _covers(self._touched, index):
             self._touched = np.union1d(self._touched, index)
         self._dirty = segment
