@@ -44,8 +44,10 @@ import torch.distributed as dist
 
 from gradguard.engine.layout import Layout
 from gradguard.errors import GradientError, InvalidParamsError, LossError
+from gradguard.kit import notes
 from gradguard.kit.contract import FlatView, IndexArray
 from gradguard.kit.dtypes import least_precise
+from gradguard.kit.gradients import autodiff_gradient
 from gradguard_torch._adapter import (
     _LOSS_DTYPES,
     _NO_DEPENDENCE,
@@ -55,6 +57,7 @@ from gradguard_torch._adapter import (
     _Grads,
     _module_entries,
     _RngState,
+    _to_numpy,
     unwrap_module,
 )
 from gradguard_torch._compat import default_store
@@ -321,7 +324,7 @@ class ShardedView(FlatView):
         self._probed: dict[tuple[int, int], bool] = {}  # (segment, element) -> this rank owns it
         self._owners: str | None = None
         self._notes: dict[str, str | int | float | bool | None] = {
-            "evaluation": (
+            notes.EVALUATION: (
                 f"collective over {self.world} ranks, in place, in the parameters' dtype "
                 "(DTensor parameters: every rank checks; no float64 shadow of a sharded model)"
             ),
@@ -331,7 +334,7 @@ class ShardedView(FlatView):
         device = self._slots[0].data.device
         if device.type == "cuda":
             self._tf32 = Tf32Switch.off()
-            self._notes["tf32"] = "disabled during the check"
+            self._notes[notes.TF32] = self._tf32.note(gpu=True)
 
     # -- agreement across ranks ----------------------------------------------------------------
 
@@ -498,31 +501,25 @@ class ShardedView(FlatView):
         return agreed
 
     def _gather_gradient(self) -> FloatArray:
-        flat = np.zeros(self.layout.size, dtype=np.float64)
         dtensor = _dtensor_type()
-        missing = []
-        for segment, slot in zip(self.layout, self._slots, strict=True):
+        grads: list[torch.Tensor | None] = []
+        for slot in self._slots:
             grad = slot.param.grad
             if grad is None:
-                missing.append(slot.name)
-                continue
-            if dtensor is not None and isinstance(grad, dtensor):
-                full = grad.full_tensor()  # type: ignore[attr-defined]
+                grads.append(None)
+            elif dtensor is not None and isinstance(grad, dtensor):
+                grads.append(grad.full_tensor())  # type: ignore[attr-defined]
             else:  # a replicated parameter: the mean over ranks, as for the loss
                 full = grad.detach().to(device="cpu", dtype=torch.float64).clone()
                 dist.all_reduce(full, group=self._group)
-                full /= self.world
-            flat[segment.offset : segment.stop] = (
-                full.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
-            )
-        if missing:
-            self._notes["no_gradient"] = ", ".join(missing)
-        if not np.all(np.isfinite(flat)):
-            raise GradientError(
-                "the sharded gradient holds non-finite values; fix the backward pass (a "
-                "division by zero, a log of 0, an overflow?)"
-            )
-        return flat
+                grads.append(full / self.world)
+        return autodiff_gradient(
+            self.layout,
+            grads,
+            self._notes,
+            to_array=_to_numpy,
+            source="the sharded gradient",
+        )
 
     # -- FlatView ------------------------------------------------------------------------------
 
