@@ -76,3 +76,20 @@ def test_switch_puts_back_what_it_changed_when_switching_off_is_interrupted() ->
         assert _Flags.state == {"matmul": True, "cudnn": True}
     finally:
         _Flags.failing = False
+
+
+def test_run_all_runs_every_restoration_step_and_returns_the_first_failure() -> None:
+    """A step that raises (even KeyboardInterrupt) does not stop the later ones."""
+    from gradguard.kit.restoring import run_all
+
+    done: list[int] = []
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    def broken() -> None:
+        raise ValueError("second")
+
+    failure = run_all([lambda: done.append(1), interrupted, broken, lambda: done.append(4)])
+    assert done == [1, 4] and isinstance(failure, KeyboardInterrupt)
+    assert run_all([lambda: done.append(5)]) is None

@@ -52,6 +52,7 @@ from gradguard.kit.contract import Adapter, FlatView, IndexArray, scalar_loss_va
 from gradguard.kit.dtypes import least_precise
 from gradguard.kit.gradients import flatten_gradient, leaves_by_name
 from gradguard.kit.memory import Extent, refuse_shared
+from gradguard.kit.restoring import run_all
 from gradguard.kit.signals import deferred, entered, left, transition
 from gradguard.kit.tree import Path, path_name, refuse_duplicate_names, walk, walk_like
 from gradguard.kit.validate import check_loss_value
@@ -832,13 +833,8 @@ class TorchView(FlatView):
         steps.append(self._rng.replay)
         if self._tf32 is not None:
             steps.append(self._tf32.restore)
-        failure: BaseException | None = None
         with torch.no_grad():
-            for step in steps:
-                try:
-                    step()
-                except BaseException as exc:  # keep restoring the rest, then re-raise
-                    failure = failure or exc
+            failure = run_all(steps)
         self._restore_grad_mode()  # after the no_grad block, which would undo it
         if failure is not None:
             raise failure

@@ -48,6 +48,7 @@ from gradguard.kit import notes
 from gradguard.kit.contract import FlatView, IndexArray
 from gradguard.kit.dtypes import least_precise
 from gradguard.kit.gradients import autodiff_gradient
+from gradguard.kit.restoring import run_all
 from gradguard_torch._adapter import (
     _LOSS_DTYPES,
     _NO_DEPENDENCE,
@@ -604,13 +605,8 @@ class ShardedView(FlatView):
         steps += [self._buffers.restore, self._grads.restore, self._rng.replay]
         if self._tf32 is not None:
             steps.append(self._tf32.restore)
-        failure: BaseException | None = None
         with torch.no_grad():
-            for step in steps:
-                try:
-                    step()
-                except BaseException as exc:  # keep restoring the rest, then re-raise
-                    failure = failure or exc
+            failure = run_all(steps)
         torch.set_grad_enabled(self._grad_enabled)
         if failure is not None:
             raise failure
