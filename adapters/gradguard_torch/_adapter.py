@@ -650,30 +650,32 @@ class TorchView(FlatView):
                 not torch.equal(g.get_state(), state) for g, state in self._user_generators.saved
             )
         except RuntimeError as exc:  # e.g. reentrant checkpointing: keep the float64 side
-            self._notes["gradient"] = f"float64 shadow (native: {type(exc).__name__})"
+            self._notes[notes.GRADIENT] = f"float64 shadow (native: {type(exc).__name__})"
             return
         finally:
             self._user_buffers.restore()
             self._user_generators.replay()
-        flat = np.zeros(self.layout.size, dtype=np.float64)
-        for segment, g in zip(self.layout, grads, strict=True):
-            if g is not None:
-                flat[segment.offset : segment.stop] = _to_numpy(g)
-        self._check_finite(flat)
+        flat = flatten_gradient(
+            self.layout,
+            grads,
+            to_array=_to_numpy,
+            missing="zero",
+            source="the native gradient (autograd on the user's module)",
+        )
         reference = self._gradient
         assert reference is not None
         scale = float(np.linalg.norm(flat) + np.linalg.norm(reference)) or 1.0
         apart = float(np.linalg.norm(flat - reference)) / scale
-        dtype = _least_precise(*(_NUMPY_DTYPES[t.dtype] for t in params))
+        dtype = least_precise(*(_NUMPY_DTYPES[t.dtype] for t in params))
         if drew and apart > _RANDOM_DRAWS_APART:
             # Random draws in float32 and float64 need not match (torch.randn does not;
             # dropout's bernoulli does): the two sides may not have seen the same noise.
-            self._notes["gradient"] = (
+            self._notes[notes.GRADIENT] = (
                 f"float64 shadow: the native {dtype} gradient differs by {apart:.1e}, and the "
                 "loss draws random numbers, whose float32 and float64 draws can differ"
             )
             return
-        self._notes["gradient"] = (
+        self._notes[notes.GRADIENT] = (
             f"native {dtype} (the model as it trains); the float64 shadow's differs by {apart:.1e}"
         )
         self._gradient = flat

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "EVALUATION",
+    "GRADIENT",
     "LOSS_PRECISION",
     "NO_GRADIENT",
     "STATE_RESET",
@@ -21,6 +22,10 @@ __all__ = [
 EVALUATION = "evaluation"
 """How the loss was evaluated: in place, a float64 shadow or trace, compiled or eager, and why
 it is not the default way when it is not (``"float64 shadow copy"``)."""
+
+GRADIENT = "gradient"
+"""Which analytic gradient is under test when there are two (PyTorch: the model's native
+dtype, or the float64 shadow's), and how far apart they are."""
 
 NO_GRADIENT = "no_gradient"
 """The tensors autodiff gave no gradient (not connected to the loss), comma-separated; each
