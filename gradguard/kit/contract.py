@@ -23,7 +23,8 @@ The engine calls a view in this order, and an adapter may rely on it (the confor
    it evaluates (a float64 shadow, a compiled trace) as long as it is decided before:
 4. ``loss_dtype``, read after the first evaluation; it sets the step and the tolerance, so it
    must not change afterwards.
-5. ``gradient()``, once, with every tensor at its original values.
+5. ``gradient()``, once, with every tensor at its original values; then ``gradient_dtype``
+   (by default ``loss_dtype``), which widens the tolerance for a less precise gradient.
 6. ``evaluate()`` again at the original values (the determinism check).
 7. Probes, one tensor at a time: ``write`` / ``write_element`` on tensor ``s``, then
    ``evaluate()``, possibly more writes to the same tensor and evaluations, then ``reset`` /
