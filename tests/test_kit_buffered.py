@@ -141,6 +141,16 @@ def test_originals_are_read_only_and_callers_arrays_untouched() -> None:
     assert view.perturbation is None and leaf.tolist() == [1.0, 1.0, 1.0]
 
 
+def test_a_zero_dimensional_tensor_keeps_its_shape() -> None:
+    """A 0-d tensor (a scalar parameter) is saved 0-d, not turned 1-d, and round-trips."""
+    view = TupleView((np.array(2.0),), _sum_of_squares)
+    assert view.saved[0].shape == ()
+    assert view.write_element(0, 0, 3.0) == 3.0
+    assert view.evaluate() == 9.0
+    view.reset_element(0, 0)
+    assert view.evaluate() == 4.0 and view.perturbation is None
+
+
 class _Box:
     def __init__(self, *leaves: np.ndarray[Any, Any]) -> None:
         self.leaves = leaves

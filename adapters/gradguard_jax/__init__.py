@@ -23,12 +23,37 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import attrs
+
 from gradguard import hookimpl
 from gradguard.kit.contract import Adapter, FlatView
+from gradguard.kit.options import PrecisionParams
 from gradguard_jax._detect import is_jax_params
-from gradguard_jax._options import JaxParams
 
 __all__ = ["JaxAdapter", "JaxParams", "gradguard_adapter_claim", "is_jax_params"]
+
+
+@attrs.frozen
+class JaxParams(PrecisionParams):
+    """JAX params with options for how the check evaluates the loss.
+
+    ``gg.check(loss, JaxParams(params, precision="native"))`` checks ``params`` exactly as
+    ``gg.check(loss, params)`` would, with the options below; the loss still receives
+    ``params`` (or the model). The fields and their validation are the kit's
+    (:mod:`gradguard.kit.options`).
+
+    Attributes:
+        params: A pytree of JAX arrays, a Flax NNX module or an Equinox module.
+        precision: How the loss is evaluated (``docs/jax.md``, "Numerics"):
+
+            - ``"auto"`` (default): ``"float64"`` when ``grad`` is ``None`` and the loss
+              computes entirely in float64 once its inputs are float64, else ``"native"``;
+              ``report.notes["evaluation"]`` says which and why.
+            - ``"float64"``: a float64 shadow (x64 on for the check's own computations
+              only): loss, finite differences and ``jax.grad`` in float64; an error if the
+              loss still computes in a lower precision.
+            - ``"native"``: evaluate in the params' own dtype.
+    """
 
 
 class JaxAdapter(Adapter):

@@ -31,17 +31,18 @@ def kind_of(obj: Any) -> str | None:
         return "nnx"
     if _eqx_module(obj):
         return "equinox"
+    from gradguard.kit.tree import holds_any
+    from gradguard_jax._tree import expand
+
     try:
-        leaves = jax.tree_util.tree_leaves(obj)
+        held = holds_any(obj, lambda leaf: isinstance(leaf, jax.Array), expand=expand)
     except Exception:  # a container JAX cannot flatten is not ours
         return None
-    if any(isinstance(leaf, jax.Array) for leaf in leaves):
-        return "pytree"
-    return None
+    return "pytree" if held else None
 
 
 def is_jax_params(obj: object) -> bool:
     """Whether the JAX adapter should claim ``obj``."""
-    from gradguard_jax._options import JaxParams
+    from gradguard_jax import JaxParams
 
     return isinstance(obj, JaxParams) or kind_of(obj) is not None

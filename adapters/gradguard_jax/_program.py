@@ -26,26 +26,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradguard.errors import GradientError, LossError
+from gradguard.kit.dtypes import judged_dtype, least_precise
 from gradguard.kit.validate import check_loss_value
 from gradguard_jax._jaxpr import analyze
 
 __all__ = ["Float64Unavailable", "Program", "build_program", "loss_dtype_of"]
 
 _LOW_FLOATS = ("float32", "float16", "bfloat16")
+_FLOATS = (*_LOW_FLOATS, "float64")
+
+Notes = dict[str, str | int | float | bool | None]
 
 
 class Float64Unavailable(Exception):
     """The loss still computes in a lower precision when given float64 inputs."""
 
 
-def loss_dtype_of(names: Sequence[str]) -> np.dtype[Any]:
-    """The NumPy dtype the engine judges by: the least precise float among ``names``."""
-    order = ["float16", "bfloat16", "float32", "float64"]
-    ranked = [n for n in order if n in names] or ["float64"]
-    lowest = ranked[0]
-    # NumPy has no bfloat16: judged as float16, the closest dtype NumPy knows (its round-off
-    # is 8x smaller than bfloat16's, so the allowance errs on the strict side).
-    return np.dtype("float16" if lowest == "bfloat16" else lowest)
+def loss_dtype_of(names: Sequence[str], notes: Notes | None = None) -> np.dtype[Any]:
+    """The NumPy dtype the engine judges by: the least precise float among ``names``
+    (bfloat16 judged as float16, noted in ``notes``: :func:`gradguard.kit.dtypes.judged_dtype`)."""
+    floats = [name for name in names if name in _FLOATS] or ["float64"]
+    return least_precise(*(judged_dtype(name, notes) for name in floats))
 
 
 @contextlib.contextmanager
@@ -82,6 +83,8 @@ class Program:
         self.why: str | None = None
         self.traced = False
         self.unavailable: str | None = None
+        self.notes: Notes = {}
+        """Facts for the view's notes (a bfloat16 loss judged as float16)."""
 
     def context(self) -> contextlib.AbstractContextManager[None]:
         """The mode every call of this program runs in (x64 on for a float64 program)."""
@@ -116,7 +119,7 @@ class Program:
             ) as exc:
                 self._use_eager(f"not compiled: the loss cannot be traced ({_first_line(exc)})")
                 self._check_output(self._function(checked, others))
-                self.loss_dtype = loss_dtype_of([str(x.dtype) for x in checked])
+                self.loss_dtype = loss_dtype_of([str(x.dtype) for x in checked], self.notes)
                 self.trace_s = time.perf_counter() - started
                 return
             self._check_output(traced.out_info)
@@ -147,7 +150,7 @@ class Program:
                     )
                     raise Float64Unavailable(self.unavailable)
             names = [*flow.dtypes, str(traced.out_info.dtype), *(str(x.dtype) for x in checked)]
-            self.loss_dtype = loss_dtype_of(names)
+            self.loss_dtype = loss_dtype_of(names, self.notes)
             # Compiled now, so trace_s holds the compilation; later calls go through the jit
             # wrapper (its C++ dispatch is faster than the compiled object's), a cache hit.
             traced.lower().compile()

@@ -5,6 +5,12 @@ them are checked, their names (pytree key paths joined with ``/``), and how to r
 object the loss receives from a list of leaves. The loss is then evaluated as a pure function
 of that list, which is what ``jax.jit`` and ``jax.grad`` need.
 
+The leaves are found by the kit's flatten step, :func:`gradguard.kit.tree.walk`, with JAX's
+pytree registry plugged in as its ``expand=`` (:func:`expand`): every registered node (dicts,
+lists, tuples, NamedTuples, ``nnx.State``, Equinox modules, optax states, a user's
+``register_pytree_node``) is walked one level at a time, in JAX's own order, so the leaves
+line up with ``jax.tree_util.tree_unflatten``.
+
 - a **pytree** (dicts, lists, tuples, NamedTuples, registered nodes) of arrays: every leaf is
   checked, and every leaf must be a floating array;
 - a **Flax NNX module**: its ``nnx.Param`` state is checked; the rest of its state (batch
@@ -25,9 +31,36 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradguard.errors import InvalidParamsError
-from gradguard.kit.tree import ROOT_NAME
+from gradguard.kit.tree import ROOT_NAME, walk
 
-__all__ = ["Split", "key_name", "nnx_name", "split"]
+__all__ = ["Split", "expand", "flatten_with_path", "key_name", "nnx_name", "split"]
+
+
+def expand(obj: Any) -> list[tuple[Any, Any]] | None:
+    """The kit's ``expand=`` for JAX: a pytree node's ``(key, child)`` pairs, ``None`` for a leaf.
+
+    One level of JAX's own flattening (every child taken as a leaf), so dict keys come sorted
+    as JAX sorts them; ``None`` children, empty subtrees to JAX, are left out.
+    """
+    if jax.tree_util.all_leaves([obj]):
+        return None
+    pairs, _ = jax.tree_util.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)
+    return [(path[0], child) for path, child in pairs if child is not None]
+
+
+def flatten_with_path(tree: Any) -> tuple[list[tuple[tuple[Any, ...], Any]], Any]:
+    """``jax.tree_util.tree_flatten_with_path``, through the kit's walk (its depth limit
+    included): ``(path, leaf)`` pairs and the treedef that rebuilds the tree from the leaves."""
+    treedef = jax.tree_util.tree_structure(tree)
+    pairs = list(walk(tree, expand=expand))
+    count: int = treedef.num_leaves  # type: ignore[attr-defined]  # missing from jaxlib's stub
+    if len(pairs) != count:  # pragma: no cover - a node that flattens unstably
+        raise InvalidParamsError(
+            f"params ({type(tree).__name__}) flattens to {count} leaves at once but "
+            f"to {len(pairs)} one level at a time; a registered pytree node must flatten the "
+            "same way each time"
+        )
+    return pairs, treedef
 
 
 def _key_part(key: Any) -> str:
@@ -178,7 +211,7 @@ def _collect(
 
 
 def _split_pytree(params: Any) -> Split:
-    with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    with_paths, treedef = flatten_with_path(params)
     checked, names, _ = _collect(with_paths, key_name)
     return Split(
         kind="pytree",
@@ -196,7 +229,7 @@ def _split_nnx(module: Any) -> Split:
 
     parts: tuple[Any, ...] = nnx.split(module, nnx.Param, ...)
     graphdef, param_state, rest_state = parts
-    p_paths, p_def = jax.tree_util.tree_flatten_with_path(param_state)
+    p_paths, p_def = flatten_with_path(param_state)
     r_leaves, r_def = jax.tree_util.tree_flatten(rest_state)
 
     checked, names, _ = _collect(p_paths, nnx_name)
@@ -223,7 +256,7 @@ def _split_equinox(module: Any) -> Split:
     import equinox as eqx
 
     dynamic, static = eqx.partition(module, eqx.is_inexact_array)
-    with_paths, treedef = jax.tree_util.tree_flatten_with_path(dynamic)
+    with_paths, treedef = flatten_with_path(dynamic)
     checked, names, _ = _collect(with_paths, key_name)
 
     def rebuild(leaves: list[Any]) -> Any:

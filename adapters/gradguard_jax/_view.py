@@ -1,8 +1,10 @@
 """The JAX flat view: what the engine perturbs, evaluates and puts back.
 
-JAX arrays are immutable, so the user's params are never written: the engine's writes land
-in host-side work buffers (:mod:`gradguard_jax._buffer`), and each evaluation hands the
-compiled loss the checked tensors as arguments, the one perturbed tensor among them.
+JAX arrays are immutable, so the user's params are never written: the view is the kit's
+:class:`~gradguard.kit.buffered.BufferedView` (the engine's writes land in host-side working
+copies), and each evaluation hands the compiled loss the checked tensors as arguments, the one
+perturbed tensor among them. Gradients are checked by the kit's one validator
+(:func:`~gradguard.kit.gradients.flatten_gradient`), notes keyed by :mod:`gradguard.kit.notes`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import numpy.typing as npt
 
 from gradguard.engine.layout import Layout
 from gradguard.errors import GradientError, InvalidParamsError, SettingsError
-from gradguard.kit.contract import FlatView, IndexArray, scalar_loss_value
-from gradguard_jax._buffer import WorkBuffers
+from gradguard.kit import notes as kit_notes
+from gradguard.kit.buffered import BufferedView
+from gradguard.kit.contract import scalar_loss_value
+from gradguard.kit.gradients import flatten_gradient
 from gradguard_jax._detect import kind_of
 from gradguard_jax._program import Float64Unavailable, Program, build_program
 from gradguard_jax._tree import Split, split
@@ -64,7 +68,7 @@ def _is_float(value: Any) -> bool:
         return False
 
 
-class JaxView(FlatView):
+class JaxView(BufferedView):
     """A flat view over a JAX pytree, Flax NNX module or Equinox module."""
 
     adapter = "jax"
@@ -83,16 +87,18 @@ class JaxView(FlatView):
         self._split = split(params, kind)
         _require_one_device(self._split)
         leaves = self._split.leaves
-        self._saved = [np.asarray(leaves[i]) for i in self._split.checked]
+        # Private host copies: the originals restoration trusts (a JAX array on the CPU can
+        # share its memory with np.asarray, and a donated buffer goes away).
+        super().__init__([np.array(leaves[i], copy=True) for i in self._split.checked])
         self.layout = Layout.from_tensors(
             [
                 (name, saved.shape, saved.dtype)
-                for name, saved in zip(self._split.names, self._saved, strict=True)
+                for name, saved in zip(self._split.names, self.saved, strict=True)
             ]
         )
         self._nnx_state = self._snapshot()
         self._program: Program | None = None
-        self._buffers: WorkBuffers | None = None
+        self._eval_dtypes: list[np.dtype[Any]] = []
         self._checked: list[Any] = []
         self._others: list[Any] = []
         self._why: list[str] = []
@@ -108,8 +114,10 @@ class JaxView(FlatView):
         return nnx.state(self._target)
 
     def restore(self) -> None:
-        """Nothing the check does writes the user's params; an NNX module whose state a loss
-        changed through a closure (outside the check's own copy) gets it back."""
+        """Nothing the check does writes the user's params: the working copies are dropped,
+        and an NNX module whose state a loss changed through a closure (outside the check's
+        own copy) gets it back."""
+        super().restore()
         if self._nnx_state is None:
             return
         from flax import nnx
@@ -127,7 +135,7 @@ class JaxView(FlatView):
         return self._program
 
     def _open_program(self) -> Program:
-        checked_dtypes = {str(s.dtype) for s in self._saved}
+        checked_dtypes = {str(s.dtype) for s in self.saved}
         native64 = checked_dtypes == {"float64"}
         if self._grad is not None and self._precision == "float64":
             raise SettingsError(
@@ -186,48 +194,27 @@ class JaxView(FlatView):
         if not program.traced:
             program.trace(checked, others, len(others))
         self._checked, self._others = checked, others
-        self._buffers = WorkBuffers(self._saved, [np.dtype(np.asarray(c).dtype) for c in checked])
+        self._eval_dtypes = [np.dtype(str(c.dtype)) for c in checked]
         return program
 
     # -- FlatView ----------------------------------------------------------------------------
 
-    def _work(self) -> WorkBuffers:
-        if self._buffers is None:
-            self._ensure_program()
-        assert self._buffers is not None
-        return self._buffers
-
-    def original(self, segment: int) -> FloatArray:
-        saved = self._saved[segment].reshape(-1)
-        if saved.dtype == np.float64:
-            view = saved.view()
-            view.flags.writeable = False
-            return view
-        return saved.astype(np.float64)
-
-    def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
-        return self._work().write(segment, index, values)
-
-    def reset(self, segment: int, index: IndexArray | None) -> None:
-        self._work().reset(segment, index)
-
-    def write_element(self, segment: int, local: int, value: float) -> float:
-        return self._work().write_element(segment, local, value)
-
-    def reset_element(self, segment: int, local: int) -> None:
-        self._work().reset_element(segment, local)
+    def evaluation_dtype(self, segment: int) -> np.dtype[Any]:
+        # Deciding it traces the loss: a float64 shadow evaluates every tensor in float64.
+        self._ensure_program()
+        return self._eval_dtypes[segment]
 
     def evaluate(self) -> float:
         program = self._ensure_program()
-        buffers = self._work()
         checked = self._checked
-        dirty = buffers.dirty
-        if dirty is not None:
+        change = self.perturbation
+        if change is not None:
             checked = list(checked)
             # A NumPy copy goes to the compiled call as it is (JAX's C++ path transfers it,
-            # faster than jnp.array); a copy, because the work buffer changes under the next
-            # probe and the CPU backend may alias NumPy memory.
-            checked[dirty] = buffers.current(dirty).reshape(self.layout[dirty].shape).copy()
+            # faster than jnp.array); a copy, because the working buffer changes under the
+            # next probe and the CPU backend may alias NumPy memory.
+            shape = self.layout[change.segment].shape
+            checked[change.segment] = change.values.reshape(shape).copy()
         value = program.evaluate(checked, self._others)
         return scalar_loss_value(np.asarray(value))
 
@@ -240,14 +227,16 @@ class JaxView(FlatView):
         if self._grad is not None:
             return self._user_gradient()
         grads = program.gradient(self._checked, self._others)
-        return self._flatten(grads, "the analytic gradient (jax.grad)")
+        return flatten_gradient(self.layout, grads, source="the analytic gradient (jax.grad)")
 
     def _user_gradient(self) -> FloatArray:
+        """``grad`` matched to the checked tensors by name (the same pytree, the
+        ``nnx.State`` of ``nnx.grad``, the module of ``eqx.filter_grad``) or else in order,
+        then through the kit's validator."""
+        from gradguard_jax._tree import flatten_with_path
+
         value = self._grad(self._target) if callable(self._grad) else self._grad
-        pairs = [
-            (self._split.name_of(path), leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]
-        ]
+        pairs = [(self._split.name_of(path), leaf) for path, leaf in flatten_with_path(value)[0]]
         by_name = dict(pairs)
         names = self._split.names
         if all(name in by_name for name in names):
@@ -261,37 +250,7 @@ class JaxView(FlatView):
                 f"checked ({', '.join(names[:6])}); grad must mirror params (the same pytree, "
                 "the nnx.State of nnx.grad, or the module of eqx.filter_grad)"
             )
-        return self._flatten(grads, "grad")
-
-    def _flatten(self, grads: list[Any], source: str) -> FloatArray:
-        flat = np.empty(self.layout.size, dtype=np.float64)
-        for segment, g in zip(self.layout, grads, strict=True):
-            if g is None:
-                raise GradientError(
-                    f"{source} for {segment.name!r} is None; give an array of shape "
-                    f"{segment.shape} for every parameter (zeros if the loss ignores it)"
-                )
-            try:
-                value = np.asarray(g, dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise GradientError(
-                    f"{source} for {segment.name!r} is a {type(g).__name__}, not an array of "
-                    f"shape {segment.shape}"
-                ) from exc
-            if value.shape != segment.shape:
-                raise GradientError(
-                    f"{source} for {segment.name!r} has shape {value.shape} but the parameter "
-                    f"has shape {segment.shape}; give one array per parameter, same shape"
-                )
-            if not np.all(np.isfinite(value)):
-                bad = np.argwhere(~np.isfinite(value))
-                first = [int(i) for i in bad[0]] if value.ndim else []
-                raise GradientError(
-                    f"{source} for {segment.name!r} (shape {value.shape}) holds {bad.shape[0]} "
-                    f"non-finite value(s), the first at {first}: {value[tuple(first)]!r}"
-                )
-            flat[segment.offset : segment.stop] = value.reshape(-1)
-        return flat
+        return flatten_gradient(self.layout, grads, source="grad")
 
     @property
     def notes(self) -> Notes:
@@ -305,11 +264,13 @@ class JaxView(FlatView):
         mode = "compiled (jax.jit)" if program.compiled else "eager"
         why = [*self._why, *([program.why] if program.why else [])]
         notes: Notes = {
-            "evaluation": "; ".join([f"{how}, {mode}", *why]),
+            kit_notes.EVALUATION: "; ".join([f"{how}, {mode}", *why]),
+            # Facts only JAX has: keys of this adapter's own.
             "x64": "jax.enable_x64 context" if program.precision == "float64" else "not used",
             "params": self._split.kind,
-            "trace": "reused from an earlier check" if self._reused else "traced once",
+            kit_notes.TRACE: "reused from an earlier check" if self._reused else "traced once",
         }
         if not self._reused:
-            notes["trace_s"] = round(program.trace_s, 3)
+            notes[kit_notes.TRACE_S] = round(program.trace_s, 3)
+        notes.update(program.notes)
         return notes

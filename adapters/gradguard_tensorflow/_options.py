@@ -1,28 +1,20 @@
-"""Options for a TensorFlow check, carried with the params (``check`` has no adapter options)."""
+"""Options for a TensorFlow check, carried with the params (``check`` has no adapter options).
+
+The fields and their validation are the kit's (:mod:`gradguard.kit.options`); this class says
+what they mean for TensorFlow.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import attrs
 
-from gradguard.errors import SettingsError
+from gradguard.kit.options import PRECISIONS, Precision, PrecisionParams
 
 __all__ = ["PRECISIONS", "Precision", "TFParams"]
 
-Precision = Literal["auto", "float64", "native"]
-PRECISIONS: tuple[str, ...] = ("auto", "float64", "native")
-
-
-def _check_precision(_: object, __: attrs.Attribute[str], value: object) -> None:
-    if value not in PRECISIONS:
-        raise SettingsError(
-            f"precision must be one of {', '.join(repr(p) for p in PRECISIONS)}, got {value!r}"
-        )
-
 
 @attrs.frozen
-class TFParams:
+class TFParams(PrecisionParams):
     """TensorFlow or Keras params with options for how the check evaluates the loss.
 
     ``gg.check(loss, TFParams(model, precision="native"))`` checks ``model`` exactly as
@@ -40,6 +32,3 @@ class TFParams:
             - ``"native"``: evaluate in the variables' own dtype (float32: tolerance 1e-2,
               with the engine's noise-aware second look).
     """
-
-    params: Any
-    precision: Precision = attrs.field(default="auto", validator=_check_precision)

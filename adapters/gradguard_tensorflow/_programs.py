@@ -37,7 +37,7 @@ import tensorflow as tf  # type: ignore[import-untyped]  # TensorFlow ships no t
 
 from gradguard.errors import LossError
 from gradguard.kit import notes as kit_notes
-from gradguard.kit.dtypes import least_precise
+from gradguard.kit.dtypes import judged_dtype, least_precise
 from gradguard.kit.signals import protected
 from gradguard.kit.validate import check_loss_value
 from gradguard_tensorflow._compat import call_flat, map_state
@@ -101,15 +101,6 @@ def _lowest(found: dict[str, str], fallback: np.dtype[Any]) -> str:
         if name in found:
             return name
     return str(fallback)
-
-
-def _loss_dtype(name: str, notes: Notes) -> np.dtype[Any]:
-    if name == "bfloat16":
-        notes[kit_notes.LOSS_PRECISION] = (
-            "bfloat16 arithmetic, judged with float16's step and tolerance"
-        )
-        return np.dtype(np.float16)
-    return np.dtype(name)
 
 
 def _least_precise(slots: Sequence[Slot]) -> np.dtype[Any]:
@@ -466,7 +457,7 @@ class StatelessProgram(Program):
         self.value_dtypes = [np.dtype(d.as_numpy_dtype) for d in functions.value_dtypes]
         self.transport = functions.transport
         name = "float64" if functions.float64 else _lowest(functions.found, _least_precise(slots))
-        self.loss_dtype = _loss_dtype(name, self.notes)
+        self.loss_dtype = judged_dtype(name, self.notes)
         functions.load([s.saved for s in slots], state_values)
 
     def use_eager(self, reason: str) -> None:
@@ -593,7 +584,7 @@ class AssignProgram(Program):
             self.trace_s += time.perf_counter() - started
         self._evaluate_fn = call_flat(concrete)
         precisions = float_precisions(concrete)
-        self.loss_dtype = _loss_dtype(_lowest(precisions, _least_precise(self._slots)), self.notes)
+        self.loss_dtype = judged_dtype(_lowest(precisions, _least_precise(self._slots)), self.notes)
         if gradient:
             started = time.perf_counter()
             try:

@@ -99,7 +99,8 @@ class BufferedView(FlatView):
         for array in saved:
             # A read-only view: the originals are what restoration trusts, and the caller's
             # own array keeps its flags.
-            original = np.ascontiguousarray(array).view()
+            # (np.ascontiguousarray makes a 0-d array 1-d: the shape is put back.)
+            original = np.ascontiguousarray(array).reshape(np.shape(array))
             original.flags.writeable = False
             self.saved.append(original)
         self._originals: dict[int, npt.NDArray[Any]] = {}

@@ -12,7 +12,9 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Tf32Switch", "float64_flat", "least_precise", "precision_bits"]
+from gradguard.kit.notes import LOSS_PRECISION
+
+__all__ = ["Tf32Switch", "float64_flat", "judged_dtype", "least_precise", "precision_bits"]
 
 _BITS: dict[np.dtype[Any], int] = {}
 
@@ -35,6 +37,25 @@ def least_precise(*dtypes: npt.DTypeLike) -> np.dtype[Any]:
     if not dtypes:
         raise ValueError("least_precise() needs at least one dtype")
     return min((np.dtype(d) for d in dtypes), key=precision_bits)
+
+
+def judged_dtype(
+    name: str, notes: dict[str, str | int | float | bool | None] | None = None
+) -> np.dtype[Any]:
+    """A framework's floating dtype, by name, as the engine judges a loss computed in it.
+
+    NumPy has no bfloat16: it is judged as float16, the closest dtype NumPy knows (float16's
+    unit round-off is 8x smaller than bfloat16's, so the allowance errs on the strict side),
+    and ``notes`` (a view's notes) say so under :data:`gradguard.kit.notes.LOSS_PRECISION`.
+
+    Raises:
+        TypeError: NumPy does not know the name.
+    """
+    if name != "bfloat16":
+        return np.dtype(name)
+    if notes is not None:
+        notes[LOSS_PRECISION] = "bfloat16 arithmetic, judged with float16's step and tolerance"
+    return np.dtype(np.float16)
 
 
 def float64_flat(saved: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
