@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from gradguard.kit.signals import deferred, entered, left, transition
+from gradguard.kit.signals import ProtectedContext
 from gradguard_torch._compat import (
     close_interrupted_mode_stashes,
     function_modes,
@@ -131,40 +131,28 @@ def _is_in_place(name: str) -> bool:
     return (name.endswith("_") and not name.endswith("__")) or name in _IN_PLACE_DUNDERS
 
 
-class Float64Mode(TorchFunctionMode):
+class Float64Mode(ProtectedContext, TorchFunctionMode):
     """Every torch function called inside sees float64 instead of float32/16/bfloat16.
 
     Also makes float64 the default dtype while active. Not re-entrant; enter it once per call.
+    Entering and leaving are each one step under a Ctrl-C (both changes or neither): the
+    kit's :class:`~gradguard.kit.signals.ProtectedContext` runs :meth:`_enter` and
+    :meth:`_leave`.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._default_dtype = torch.float32
 
-    @transition
-    def __enter__(self) -> Float64Mode:
-        # Both changes or neither, whenever a Ctrl-C comes (gradguard.kit.signals).
-        with deferred():
-            self._default_dtype = torch.get_default_dtype()
-            torch.set_default_dtype(torch.float64)
-            try:
-                super().__enter__()  # type: ignore[no-untyped-call]  # untyped in torch
-            except BaseException:
-                torch.set_default_dtype(self._default_dtype)
-                raise
-        entered(lambda: self._leave(None, None, None))
+    def _enter(self) -> Float64Mode:
+        self._default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            TorchFunctionMode.__enter__(self)  # type: ignore[no-untyped-call]  # untyped
+        except BaseException:
+            torch.set_default_dtype(self._default_dtype)
+            raise
         return self
-
-    @transition
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        with deferred():
-            self._leave(exc_type, exc, tb)
-        left()
 
     def _leave(
         self,
@@ -172,6 +160,7 @@ class Float64Mode(TorchFunctionMode):
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
+        pop = TorchFunctionMode.__exit__
         try:
             # A Ctrl-C inside torch's handle_torch_function can have left this mode off the
             # stack, with a suspended push waiting (see _compat): finish that push, then pop
@@ -179,13 +168,13 @@ class Float64Mode(TorchFunctionMode):
             if tb is not None:
                 close_interrupted_mode_stashes(tb)
             if innermost_function_mode() is self:
-                super().__exit__(exc_type, exc, tb)  # type: ignore[no-untyped-call]
+                pop(self, exc_type, exc, tb)  # type: ignore[no-untyped-call]  # untyped
                 return
             modes = function_modes()
             if any(mode is self for mode in modes):
                 while modes and modes.pop() is not self:
-                    super().__exit__(exc_type, exc, tb)  # type: ignore[no-untyped-call]
-                super().__exit__(exc_type, exc, tb)  # type: ignore[no-untyped-call]
+                    pop(self, exc_type, exc, tb)  # type: ignore[no-untyped-call]  # untyped
+                pop(self, exc_type, exc, tb)  # type: ignore[no-untyped-call]  # untyped
         finally:
             torch.set_default_dtype(self._default_dtype)
 

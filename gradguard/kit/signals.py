@@ -42,6 +42,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 __all__ = [
+    "ProtectedContext",
     "deferred",
     "entered",
     "interrupt_pending",
@@ -230,7 +231,60 @@ class session:
             left()  # everything is restored: the last step
 
 
-class protected(Generic[T]):
+class ProtectedContext:
+    """Base of a context manager that changes global state: entered whole, left whole.
+
+    A subclass writes :meth:`_enter` and :meth:`_leave` as plain code; the base runs each as
+    a :func:`transition` inside a :func:`deferred` section, so a Ctrl-C leaves the state
+    entirely changed (raised in the body, or after the exit) or entirely unchanged (raised
+    from the ``with`` statement, :meth:`_leave` already run). :class:`protected` is the same
+    for any existing context manager; subclass this one where the context manager is a class
+    of your own (a framework mode that also sets a default, say).
+
+    In a subclass that also derives from a framework class with its own ``__enter__`` /
+    ``__exit__`` (put this base first), :meth:`_enter` and :meth:`_leave` call the framework's
+    by name (``FrameworkMode.__enter__(self)``): ``super()`` would find this base again.
+    """
+
+    __slots__ = ()
+
+    def _enter(self) -> Any:
+        """Change the state; what ``with ... as`` binds. On an exception, change nothing."""
+        raise NotImplementedError
+
+    def _leave(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool | None:
+        """Put the state back; a true result suppresses the exception, as ``__exit__``'s."""
+        raise NotImplementedError
+
+    @transition
+    def __enter__(self) -> Any:
+        with deferred():
+            value = self._enter()
+        entered(self._undo)
+        return value
+
+    def _undo(self) -> None:
+        self._leave(None, None, None)
+
+    @transition
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool | None:
+        with deferred():
+            suppress = self._leave(exc_type, exc, tb)
+        left()
+        return suppress
+
+
+class protected(ProtectedContext, Generic[T]):
     """Enter and leave a context manager that changes global state, each as one step.
 
     ``with protected(keras.StatelessScope(...)):`` enters the scope entirely or not at all,
@@ -244,24 +298,13 @@ class protected(Generic[T]):
     def __init__(self, cm: AbstractContextManager[T]) -> None:
         self._cm = cm
 
-    @transition
-    def __enter__(self) -> T:
-        with deferred():
-            value = self._cm.__enter__()
-        entered(self._undo)
-        return value
+    def _enter(self) -> T:
+        return self._cm.__enter__()
 
-    def _undo(self) -> None:
-        self._cm.__exit__(None, None, None)
-
-    @transition
-    def __exit__(
+    def _leave(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> bool | None:
-        with deferred():
-            suppress = self._cm.__exit__(exc_type, exc, tb)
-        left()
-        return suppress
+        return self._cm.__exit__(exc_type, exc, tb)
