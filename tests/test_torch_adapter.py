@@ -650,26 +650,24 @@ TF32_SETUPS = {
 def test_tf32_switch_round_trips_every_way_of_setting_tf32() -> None:
     """Whichever API the user set TF32 with (legacy flags, matmul precision, fp32_precision),
     the switch turns it off and puts back the very same state, legacy readability included.
-    Each starting state is set in a forked child: the legacy/new API choice is sticky."""
-    if not hasattr(os, "fork"):
-        pytest.skip("needs fork")
-    for name, setup in TF32_SETUPS.items():
-        pid = os.fork()
-        if pid == 0:  # the child: set up, switch, compare, report through the exit code
-            code = 1
-            try:
-                exec(setup, {"torch": torch})
-                before = _tf32.tf32_snapshot()
-                switch = _tf32.Tf32Switch.off()
-                during = _tf32.tf32_snapshot()
-                off = all(during.get(k) in ("ieee", "none") for k in ("cuda.matmul", "cudnn.conv"))
-                off = off and during.get("legacy.matmul") in (False, "unreadable")
-                switch.restore()
-                code = 0 if off and _tf32.tf32_snapshot() == before else 2
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, f"TF32 setup {name!r} did not round-trip"
+    Each starting state is set in a fresh process: the legacy/new API choice is sticky. The
+    processes come from a forkserver (a clean interpreter with torch preloaded), never a fork
+    of this one, which may hold JAX's or TensorFlow's threads."""
+    import multiprocessing
+
+    import tf32_child
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "gradguard_torch._tf32", "tf32_child"])
+    children = {
+        name: context.Process(target=tf32_child.round_trip, args=(setup,))
+        for name, setup in TF32_SETUPS.items()
+    }
+    for child in children.values():
+        child.start()
+    for name, child in children.items():
+        child.join(timeout=180)
+        assert child.exitcode == 0, f"TF32 setup {name!r} did not round-trip ({child.exitcode})"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
