@@ -7,7 +7,8 @@ the stateless functions as backend tensors: the model's variables are never writ
 training with checks is bit-identical to training without. The analytic gradient is the
 backend's own autodiff of the same function (``tf.GradientTape``, ``jax.grad``,
 ``torch.autograd.grad``), so a ``keras.ops.custom_gradient`` is what gets checked.
-Evaluations run in the variables' own dtype (float32: the engine's noise-aware judgement).
+Evaluations run in the variables' own dtype (float32: the engine's noise-aware judgement),
+compiled with ``jax.jit`` on the JAX backend, eagerly on PyTorch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import numpy.typing as npt
 
 from gradguard.engine.layout import Layout
 from gradguard.errors import GradientError, InvalidParamsError
-from gradguard.kit.contract import FlatView, IndexArray, scalar_loss_value
+from gradguard.kit import notes as kit_notes
+from gradguard.kit.buffered import BufferedView
+from gradguard.kit.contract import scalar_loss_value
+from gradguard.kit.dtypes import least_precise
+from gradguard.kit.gradients import autodiff_gradient
 
 __all__ = ["KerasProbe", "StatelessView"]
 
@@ -97,8 +102,14 @@ def _gradient(function: Callable[[list[Any]], Any], values: list[Any]) -> list[A
     )
 
 
-class StatelessView(FlatView):
-    """A flat view of a Keras model's trainable variables, evaluated statelessly."""
+class StatelessView(BufferedView):
+    """A flat view of a Keras model's trainable variables, evaluated statelessly.
+
+    The kit's :class:`~gradguard.kit.buffered.BufferedView` holds the perturbed copies; each
+    evaluation passes every trainable value to ``stateless_call``, the perturbed one among
+    them. On the JAX backend the loss and its gradient are ``jax.jit``-compiled once per
+    check (every value an argument, so a probe does not retrace); elsewhere they run eagerly.
+    """
 
     adapter = "keras"
 
@@ -115,24 +126,30 @@ class StatelessView(FlatView):
         variables = list(model.trainable_variables)
         if not variables:
             raise InvalidParamsError(f"model {model.name!r} has no trainable variables")
-        self._saved = [_numpy(v.value) for v in variables]
-        self._dtypes = [s.dtype for s in self._saved]
-        for variable, saved in zip(variables, self._saved, strict=True):
-            if not np.issubdtype(saved.dtype, np.floating):
+        saved = [_numpy(v.value) for v in variables]
+        for variable, value in zip(variables, saved, strict=True):
+            if not np.issubdtype(value.dtype, np.floating):
                 raise InvalidParamsError(
-                    f"variable {variable.path!r} has dtype {saved.dtype}; only float variables "
+                    f"variable {variable.path!r} has dtype {value.dtype}; only float variables "
                     "can be checked"
                 )
+        super().__init__(saved)
         self.layout = Layout.from_tensors(
-            [(v.path, s.shape, s.dtype) for v, s in zip(variables, self._saved, strict=True)]
+            [(v.path, s.shape, s.dtype) for v, s in zip(variables, self.saved, strict=True)]
         )
-        self._work = [s.copy() for s in self._saved]
-        self._tensors = [keras.ops.convert_to_tensor(s) for s in self._saved]
+        self._tensors = [keras.ops.convert_to_tensor(s) for s in self.saved]
         self._non_trainable = [v.value for v in model.non_trainable_variables]
         self._metrics = [v.value for v in model.metrics_variables]
-        self._dirty: int | None = None
-        loss_dtype = min(self._dtypes, key=lambda d: np.finfo(d).bits)
-        self._loss_dtype: np.dtype[Any] = np.dtype(loss_dtype)
+        self._loss_dtype = least_precise(*(s.dtype for s in self.saved))
+        self._backend = keras.backend.backend()
+        self._evaluate_fn: Callable[[list[Any]], Any] = self._loss
+        self._compiled = "eager"
+        if self._backend == "jax":
+            import jax
+
+            self._evaluate_fn = jax.jit(self._loss)
+            self._compiled = "compiled (jax.jit)"
+        self._notes: dict[str, str | int | float | bool | None] = {}
 
     def _loss(self, trainable: list[Any]) -> Any:
         p = self._probe
@@ -153,34 +170,17 @@ class StatelessView(FlatView):
 
     # -- FlatView ------------------------------------------------------------------------------
 
-    def original(self, segment: int) -> FloatArray:
-        return self._saved[segment].reshape(-1).astype(np.float64)
-
-    def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
-        flat = self._work[segment].reshape(-1)
-        if index is None:
-            flat[...] = values
-        else:
-            flat[index] = values
-        self._dirty = segment
-        stored = flat if index is None else flat[index]
-        return stored.astype(np.float64)
-
-    def reset(self, segment: int, index: IndexArray | None) -> None:
-        flat = self._work[segment].reshape(-1)
-        saved = self._saved[segment].reshape(-1)
-        if index is None:
-            flat[...] = saved
-        else:
-            flat[index] = saved[index]
-        if np.array_equal(flat, saved):
-            self._dirty = None
-
     def evaluate(self) -> float:
         trainable = list(self._tensors)
-        if self._dirty is not None:
-            trainable[self._dirty] = keras.ops.convert_to_tensor(self._work[self._dirty].copy())
-        return scalar_loss_value(keras.ops.convert_to_numpy(self._loss(trainable)))
+        change = self.perturbation
+        if change is not None:
+            # A copy: the working buffer changes under the next probe, and a backend may
+            # alias NumPy memory.
+            shape = self.layout[change.segment].shape
+            trainable[change.segment] = keras.ops.convert_to_tensor(
+                change.values.reshape(shape).copy()
+            )
+        return scalar_loss_value(keras.ops.convert_to_numpy(self._evaluate_fn(trainable)))
 
     @property
     def loss_dtype(self) -> np.dtype[Any]:
@@ -188,22 +188,19 @@ class StatelessView(FlatView):
 
     def gradient(self) -> FloatArray:
         grads = _gradient(self._loss, list(self._tensors))
-        flat = np.empty(self.layout.size, dtype=np.float64)
-        for segment, g in zip(self.layout, grads, strict=True):
-            value = np.zeros(segment.shape) if g is None else _numpy(g).astype(np.float64)
-            if not np.all(np.isfinite(value)):
-                raise GradientError(
-                    f"the backend's gradient for {segment.name!r} holds non-finite values"
-                )
-            flat[segment.offset : segment.stop] = value.reshape(-1)
-        return flat
-
-    def restore(self) -> None:
-        """Nothing was written: the stateless calls return new values and they are dropped."""
+        return autodiff_gradient(
+            self.layout,
+            [None if g is None else _numpy(g) for g in grads],
+            self._notes,
+            source=f"the {self._backend} backend's gradient",
+        )
 
     @property
     def notes(self) -> dict[str, str | int | float | bool | None]:
         return {
-            "evaluation": f"{self._loss_dtype} (the variables' own dtype), stateless_call",
-            "keras_backend": keras.backend.backend(),
+            kit_notes.EVALUATION: (
+                f"{self._loss_dtype} (the variables' own dtype), stateless_call, {self._compiled}"
+            ),
+            "keras_backend": self._backend,  # a fact only this adapter has
+            **self._notes,
         }

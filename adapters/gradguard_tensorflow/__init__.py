@@ -14,6 +14,10 @@ of them::
     from gradguard_tensorflow import GradCheckCallback         # checks during model.fit
     model.fit(x, y, callbacks=[GradCheckCallback(probe=(x_probe, y_probe), every=100)])
 
+``GradCheckCallback`` is :class:`gradguard_keras.GradCheckCallback`, the one Keras callback for
+every backend, re-exported under this name; on the TensorFlow backend it checks what
+:mod:`gradguard_tensorflow._fit` defines (``model_loss``, compiled, float64 by default).
+
 The analytic gradient comes from ``tf.GradientTape`` (or ``grad``, as for NumPy); every
 loss evaluation is a compiled ``tf.function`` call. Keras variables are never written (the
 loss reads the perturbed values through a ``StatelessScope``), plain ``tf.Variable``
@@ -38,7 +42,7 @@ from gradguard_tensorflow._loss import ModelLoss, model_loss
 from gradguard_tensorflow._options import TFParams
 
 if TYPE_CHECKING:
-    from gradguard_tensorflow._callback import GradCheckCallback
+    from gradguard_keras import GradCheckCallback
 
 __all__ = [
     "GradCheckCallback",
@@ -62,8 +66,8 @@ def gradguard_adapter_claim(params: object) -> TensorFlowAdapter | None:
 def __getattr__(name: str) -> Any:
     # PEP 562: a keras.callbacks.Callback subclass needs Keras when its class is defined, and
     # importing this plugin must not import Keras (gradguard loads every plugin at start).
-    if name == "GradCheckCallback":
-        from gradguard_tensorflow._callback import GradCheckCallback
+    if name == "GradCheckCallback":  # the one Keras callback, kept under its first name
+        from gradguard_keras._callback import GradCheckCallback
 
         return GradCheckCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
