@@ -3,8 +3,8 @@
 An adapter passes when a tiny model of its framework goes through the call order written down
 in :mod:`gradguard.kit.contract`, a right gradient passes, a wrong one fails naming the tensor,
 bad input gets the right :class:`~gradguard.errors.GradGuardError`, and the params are
-bit-identical afterwards whatever happened. gradguard runs it for NumPy, PyTorch and
-TensorFlow (``tests/test_conformance_*.py``); an adapter's author runs it the same way, in
+bit-identical afterwards whatever happened. gradguard runs it for NumPy, PyTorch,
+TensorFlow and JAX (``tests/test_conformance_*.py``); an adapter's author runs it the same way, in
 pytest (which this module needs)::
 
     from gradguard.testing import AdapterConformance, ConformanceCase

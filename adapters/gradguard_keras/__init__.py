@@ -8,9 +8,11 @@ Claims :class:`KerasProbe` (a Keras model and a probe batch) and provides
     report = gg.check(probe.loss, KerasProbe(model, x, y))    # fit's loss on (x, y)
     model.fit(x, y, callbacks=[GradCheckCallback(probe=(x_probe, y_probe), every=100)])
 
-On the TensorFlow backend, ``gradguard_tensorflow.GradCheckCallback`` does more (compiled
-float64 evaluations); this one evaluates in the variables' own dtype. Importing this module
-does not import Keras: the claim hook only answers for a :class:`KerasProbe`, and the callback
+``GradCheckCallback`` is the one Keras callback (``gradguard_tensorflow.GradCheckCallback`` is
+the same class). On the TensorFlow backend it checks through the TensorFlow adapter (compiled
+float64 evaluations of ``model_loss``); on JAX and PyTorch through a :class:`KerasProbe`, in
+the variables' own dtype (``jax.jit``-compiled under JAX). Importing this module does not
+import Keras: the claim hook only answers for a :class:`KerasProbe`, and the callback
 class (a ``keras.callbacks.Callback`` subclass) is loaded on first access.
 """
 
