@@ -5,7 +5,6 @@ Real torch throughout (CPU); the CUDA test skips cleanly without a GPU.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import subprocess
 import sys

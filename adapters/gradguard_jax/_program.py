@@ -27,6 +27,7 @@ import numpy as np
 
 from gradguard.errors import GradientError, LossError
 from gradguard.kit.dtypes import judged_dtype, least_precise
+from gradguard.kit.messages import one_line
 from gradguard.kit.validate import check_loss_value
 from gradguard_jax._jaxpr import analyze
 
@@ -198,8 +199,7 @@ class Program:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:240]}"
+    return one_line(exc, limit=260)
 
 
 # Programs outlive a check: a Guard checks the same loss every k steps, and a params pytree

@@ -36,6 +36,7 @@ import numpy as np
 from gradguard.engine import Settings
 from gradguard.errors import GradGuardError, InvalidParamsError, LossError, SettingsError
 from gradguard.guard import Guard, Schedule, disabled_by_environment
+from gradguard.kit.messages import one_line
 from gradguard.kit.options import Precision, PrecisionParams
 from gradguard.policy import DEFAULT_ON_FAILURE, OnFailure, validate_on_failure
 from gradguard.results import CheckReport
@@ -43,7 +44,6 @@ from gradguard_keras._stateless import KerasProbe
 
 __all__ = ["GradCheckCallback"]
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Keras colours its error messages
 _VALUES = re.compile(r"\[[-+\d.eE\s\[\],]{40,}\]")  # a printed array: a sample's values
 
 
@@ -512,7 +512,4 @@ def _dtype_of(value: Any) -> Any:
 def _one_line(exc: BaseException) -> str:
     """The error on one line, short: no colour codes, no Keras argument dump (which can
     print a whole sample)."""
-    text = _ANSI.sub("", f"{type(exc).__name__}: {exc}")
-    text = _VALUES.sub("[...]", text.split("Arguments received by", 1)[0])
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
+    return one_line(exc, _VALUES.sub("[...]", str(exc).split("Arguments received by", 1)[0]))

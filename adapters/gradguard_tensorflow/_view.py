@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from gradguard.kit import notes as kit_notes
 from gradguard.kit.buffered import BufferedView
 from gradguard.kit.contract import scalar_loss_value
 from gradguard.kit.gradients import autodiff_gradient, flatten_gradient, leaves_by_name
+from gradguard.kit.messages import one_line
 from gradguard_tensorflow._distribute import require_no_strategy
 from gradguard_tensorflow._loss import ModelLoss
 from gradguard_tensorflow._params import Slot, collect, read_value, resource_of
@@ -35,14 +35,10 @@ __all__ = ["TensorFlowView"]
 FloatArray = npt.NDArray[np.float64]
 Notes = dict[str, str | int | float | bool | None]
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
 
 def _short(exc: BaseException) -> str:
     """One line about an exception, for the report's notes."""
-    text = _ANSI.sub("", f"{type(exc).__name__}: {exc}")
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
+    return one_line(exc)
 
 
 def _to_array(value: Any) -> Any:
