@@ -42,7 +42,7 @@ from gradguard_tensorflow._loss import ModelLoss, model_loss
 from gradguard_tensorflow._options import TFParams
 
 if TYPE_CHECKING:
-    from gradguard_keras import GradCheckCallback
+    from gradguard_keras._callback import GradCheckCallback
 
 __all__ = [
     "GradCheckCallback",
