@@ -342,7 +342,8 @@ def test_a_disconnected_variable_counts_as_a_zero_gradient() -> None:
 
 def test_a_given_gradient_callable_or_structure_is_checked_in_the_variables_dtype() -> None:
     """grad may be a callable or a structure mirroring params (a list in trainable order, or a
-    dict by name); it is judged in float32; a wrong one fails on the right tensor."""
+    dict by name); the loss is still evaluated in a float64 trace, the given gradient judged
+    as a float32 gradient (tolerance 1e-5); a wrong one fails on the right tensor."""
     model = mlp()
 
     def loss(m: Any) -> Any:
@@ -354,11 +355,56 @@ def test_a_given_gradient_callable_or_structure_is_checked_in_the_variables_dtyp
         return tape.gradient(value, m.trainable_variables)
 
     report = gg.check(loss, model, grad, seed=0)
-    assert report.passed and report.dtype == "float32"
-    assert "grad given" in report.notes["evaluation"]
+    assert report.passed and report.dtype == "float64" and report.tolerance == 1e-5
+    assert report.notes["evaluation"].startswith("float64 trace of the model")
+    assert report.notes["gradient_dtype"] == "float32"
     by_name = {v.path: g for v, g in zip(model.trainable_variables, grad(model), strict=True)}
     by_name["mlp/out/bias"] = 3.0 * by_name["mlp/out/bias"]
     assert gg.check(loss, model, by_name, seed=0).failed == ("mlp/out/bias",)
+
+
+def test_a_given_float32_gradient_with_a_small_regularization_bug_fails() -> None:
+    """A float32 Keras model with an L2 regularizer and a hand-written gradient whose
+    regularization term is 1.6x too large (0.6% of the kernel's gradient): judged against a
+    float64 trace with the float32 gradient's own tolerance, it fails on that kernel; judged
+    in float32 with tolerance 1e-2 (before) it passed."""
+    keras.utils.set_random_seed(3)
+    l2 = 1e-3
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(6, activation="tanh", name="h"),
+            keras.layers.Dense(2, kernel_regularizer=keras.regularizers.L2(l2), name="out"),
+        ],
+        name="reg",
+    )
+
+    def loss(m: Any) -> Any:
+        return tf.reduce_mean(tf.square(m(X) - Y)) + tf.add_n(m.losses)
+
+    def grad(m: Any) -> Any:
+        with tf.GradientTape() as tape:
+            value = tf.reduce_mean(tf.square(m(X) - Y))
+        grads = tape.gradient(value, m.trainable_variables)
+        kernel = m.get_layer("out").kernel
+        # The bug: 2 * 1.6 * l2 * W instead of 2 * l2 * W.
+        return [
+            g + 3.2 * l2 * v if v is kernel else g
+            for v, g in zip(m.trainable_variables, grads, strict=True)
+        ]
+
+    def good(m: Any) -> Any:
+        with tf.GradientTape() as tape:
+            value = loss(m)
+        return tape.gradient(value, m.trainable_variables)
+
+    at = [v.path for v in model.trainable_variables].index("reg/out/kernel")
+    g_good, g_bad = good(model)[at], grad(model)[at]
+    share = float(tf.norm(g_bad - g_good) / tf.norm(g_good))
+    assert 0.002 < share < 0.02, share
+    assert gg.check(loss, model, good, seed=0).passed
+    report = gg.check(loss, model, grad, seed=0)
+    assert report.failed == ("reg/out/kernel",), str(report)
 
 
 def test_bad_gradients_are_refused_with_the_fix() -> None:

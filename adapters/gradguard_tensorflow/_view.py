@@ -15,6 +15,7 @@ from gradguard.errors import GradGuardError, InvalidParamsError, SettingsError
 from gradguard.kit import notes as kit_notes
 from gradguard.kit.buffered import BufferedView
 from gradguard.kit.contract import scalar_loss_value
+from gradguard.kit.dtypes import least_precise
 from gradguard.kit.gradients import autodiff_gradient, flatten_gradient, leaves_by_name
 from gradguard.kit.messages import one_line
 from gradguard_tensorflow._distribute import require_no_strategy
@@ -104,11 +105,11 @@ class TensorFlowView(BufferedView):
         ``loss_dtype``, so one check never mixes two ways of evaluating.
         """
         gradient = self._grad is None
-        if self._grad is not None:
-            self._why.append("grad given: judged in the variables' own dtype")
         keras_only = all(s.is_keras for s in self._slots)
-        # "auto" tries a float64 trace first: docs/tensorflow.md, "Numerics", has why.
-        want64 = gradient and self._precision in ("auto", "float64")
+        # "auto" tries a float64 trace first: docs/tensorflow.md, "Numerics", has why. A given
+        # grad is judged against it too, as a gradient computed in the variables' own dtype
+        # (gradient_dtype): a float32 loss's noise would hide a 0.6% error in it.
+        want64 = self._precision in ("auto", "float64")
         if keras_only and want64:
             try:
                 return self._stateless(float64=True, gradient=gradient)
@@ -128,9 +129,8 @@ class TensorFlowView(BufferedView):
             self._why.append(f"no float64 trace: {reason}")
         elif self._precision == "float64":
             raise SettingsError(
-                "precision='float64' needs Keras variables and no grad argument (plain "
-                "tf.Variables are read by the loss in their own dtype, and a given grad is "
-                "judged in its own dtype); use precision='auto' or 'native'"
+                "precision='float64' needs Keras variables (plain tf.Variables are read by "
+                "the loss in their own dtype); use precision='auto' or 'native'"
             )
         if keras_only:
             try:
@@ -263,6 +263,14 @@ class TensorFlowView(BufferedView):
     @property
     def loss_dtype(self) -> np.dtype[Any]:
         return self._ensure_program().loss_dtype
+
+    @property
+    def gradient_dtype(self) -> np.dtype[Any]:
+        """A given grad was computed by the user's code from the variables in their own
+        dtype: it is worth the least precise of them, whatever the loss was traced in."""
+        if self._grad is None:
+            return self.loss_dtype
+        return least_precise(self.loss_dtype, *(s.dtype for s in self._slots))
 
     def gradient(self) -> FloatArray:
         if self._grad is not None:
