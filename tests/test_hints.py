@@ -76,3 +76,71 @@ def test_a_missing_term_in_a_torch_function_is_not_called_a_constant_factor() ->
         for name in report.failed:
             assert "constant factor" not in report[name].hint, report[name].hint
             assert "wrong_factor" not in named_causes(report[name].hint)
+
+
+def _numpy_mutation() -> tuple[object, object, object, object]:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 3))
+    params = {"w": rng.standard_normal(3), "b": np.zeros(1)}
+
+    def loss(p: dict[str, np.ndarray]) -> float:
+        p["w"] *= 0.99  # decay inside the loss
+        return float(np.sum(np.tanh(x @ p["w"] + p["b"]) ** 2))
+
+    def grad(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        z = x @ p["w"] + p["b"]
+        d_z = 2.0 * np.tanh(z) * (1.0 - np.tanh(z) ** 2)
+        return {"w": x.T @ d_z, "b": np.array([d_z.sum()])}
+
+    return params, loss, grad, lambda: [params["w"].copy(), params["b"].copy()]
+
+
+@pytest.mark.parametrize("where", ["numpy", "torch-float32", "torch-float64", "tf-variables"])
+def test_a_loss_that_modifies_its_parameters_is_named_not_called_dropout(where: str) -> None:
+    """A loss that updates a parameter in place is reported as such (the tensor it changed
+    named, nothing judged), not as nondeterminism "(dropout?)"; the user's values are back."""
+    if where == "numpy":
+        params, loss, grad, values = _numpy_mutation()
+        changed = "w"
+    elif where.startswith("torch"):
+        torch = pytest.importorskip("torch")
+        torch.manual_seed(0)
+        dtype = torch.float32 if where == "torch-float32" else torch.float64
+        model = torch.nn.Linear(3, 1).to(dtype)
+        x = torch.randn(8, 3, dtype=dtype)
+
+        def loss(m):  # type: ignore[no-untyped-def]
+            with torch.no_grad():
+                m.weight.mul_(0.99)
+            return torch.tanh(m(x)).pow(2).sum()
+
+        params, grad, changed = model, None, "weight"
+
+        def values():  # type: ignore[no-untyped-def]
+            return [t.detach().clone().numpy() for t in model.parameters()]
+    else:
+        tf = pytest.importorskip("tensorflow")
+        v = {
+            "w": tf.Variable(np.ones((3, 1), np.float32)),
+            "b": tf.Variable(np.zeros(1, np.float32)),
+        }
+        x = tf.constant(np.random.default_rng(4).standard_normal((8, 3)).astype(np.float32))
+
+        def loss(p):  # type: ignore[no-untyped-def]
+            p["w"].assign(p["w"] * 0.99)
+            return tf.reduce_sum(tf.tanh(x @ p["w"] + p["b"]) ** 2)
+
+        params, grad, changed = v, None, "w"
+
+        def values():  # type: ignore[no-untyped-def]
+            return [t.numpy().copy() for t in v.values()]
+
+    before = values()  # type: ignore[operator]
+    report = gg.check(loss, params, grad, seed=0)  # type: ignore[arg-type]
+    assert report.status is gg.Status.NONDETERMINISTIC and not report.passed
+    assert "modifies its parameters" in report.hint and "dropout" not in report.hint
+    assert f"'{changed}'" in report.hint
+    assert named_causes(report[changed].hint) == {"mutation"}
+    assert all(p.hint == "" for p in report.params if p.name != changed)
+    after = values()  # type: ignore[operator]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(before, after, strict=True))

@@ -231,6 +231,13 @@ class NumpyView(FlatView):
         leaves = [by_path[leaf.path] for leaf in self._leaves]  # empty arrays are not checked
         return flatten_gradient(self.layout, leaves)
 
+    def drifted(self) -> list[int]:
+        return [
+            s
+            for s, leaf in enumerate(self._leaves)
+            if leaf.array.tobytes() != leaf.saved.tobytes()  # bits: NaN and -0.0 count
+        ]
+
     def restore(self) -> None:
         for leaf in self._leaves:
             leaf.restore()

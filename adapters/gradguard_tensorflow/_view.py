@@ -290,6 +290,14 @@ class TensorFlowView(BufferedView):
         leaves = leaves_by_name(value, names, order="model.trainable_variables (or of params)")
         return flatten_gradient(self.layout, leaves, to_array=_to_array, source="grad")
 
+    def drifted(self) -> list[int]:
+        """Variables the loss assigned to (the engine writes none of them directly)."""
+        return [
+            s
+            for s, slot in enumerate(self._slots)
+            if not _same_bits(read_value(slot.variable), slot.saved)
+        ]
+
     def restore(self) -> None:
         try:
             super().restore()

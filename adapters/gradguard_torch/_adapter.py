@@ -374,6 +374,16 @@ class _Slot:
     def restore(self) -> None:
         self.data.copy_(self.saved)
 
+    def drifted(self) -> bool:
+        """Whether what evaluations read, or the user's own tensor, no longer holds the
+        original values (the engine's writes are all reset when this is asked)."""
+        if not torch.equal(self.data, self.saved):
+            return True
+        if self.target is self.user:
+            return False
+        original = torch.from_numpy(self.original.copy()).view(self.shape)
+        return not torch.equal(self.user.detach().cpu().to(torch.float64), original)
+
     def restore_user(self) -> None:
         """Put the user's tensor back when evaluations ran elsewhere (a loss may write to it
         through a closure)."""
@@ -819,6 +829,12 @@ class TorchView(FlatView):
     @property
     def notes(self) -> dict[str, str | int | float | bool | None]:
         return dict(self._notes)
+
+    def drifted(self) -> list[int]:
+        """Tensors the loss changed: the ones it read (the shadow's or the user's), and the
+        user's own when the gradient came from the module as it trains."""
+        with torch.no_grad():
+            return [s for s, slot in enumerate(self._slots) if slot.drifted()]
 
     def _restore_grad_mode(self) -> None:
         torch.set_grad_enabled(self._grad_enabled)

@@ -429,6 +429,9 @@ def run_check(
         "tolerance": run.tolerance,
     }
     base_notes = {"gradient_dtype": str(gradient_dtype)} if gradient_dtype != loss_dtype else {}
+    drifted = view.drifted()
+    if drifted:
+        return _mutation_report(run, chosen, drifted, base, started)
     if run.jitter > _NONDETERMINISM_ULPS * run.u * max(abs(loss_a), abs(loss_b)):
         return _nondeterministic_report(run, chosen, base, started, loss_a, loss_b)
 
@@ -746,6 +749,21 @@ def _chosen_segments(layout: Layout, names: tuple[str, ...] | None) -> list[int]
     return [s for s, segment in enumerate(layout) if segment.name in wanted]
 
 
+def _mutation_report(
+    run: _Run, chosen: list[int], drifted: list[int], base: dict[str, object], started: float
+) -> CheckReport:
+    """The loss changed its own parameters: every later probe would start from elsewhere."""
+    names = ", ".join(repr(run.layout[s].name) for s in drifted[:5])
+    more = f" and {len(drifted) - 5} more" if len(drifted) > 5 else ""
+    hint = (
+        f"the loss modifies its parameters: {names}{more} changed while it ran, with nothing "
+        "written to them by the check (an in-place update, an optimizer step or a statistic "
+        "kept in a parameter inside the loss?). A loss must only read its parameters: move "
+        "the update out of it (the check put the values back), then check again"
+    )
+    return _unjudged_report(run, chosen, base, started, hint, set(drifted))
+
+
 def _nondeterministic_report(
     run: _Run,
     chosen: list[int],
@@ -759,18 +777,31 @@ def _nondeterministic_report(
         "data augmentation or a random generator inside the loss? Make it repeatable "
         "(a fixed seed inside the loss, or inference mode) and check again"
     )
+    return _unjudged_report(run, chosen, base, started, hint, set())
+
+
+def _unjudged_report(
+    run: _Run,
+    chosen: list[int],
+    base: dict[str, object],
+    started: float,
+    hint: str,
+    named: set[int],
+) -> CheckReport:
+    """A NONDETERMINISTIC report: no tensor judged; the tensors in ``named`` carry the hint."""
     reports = tuple(
         ParamReport(
-            name=segment.name,
-            shape=segment.shape,
-            dtype=str(segment.dtype),
+            name=run.layout[s].name,
+            shape=run.layout[s].shape,
+            dtype=str(run.layout[s].dtype),
             status=Status.NONDETERMINISTIC,
             difference=math.nan,
             tolerance=run.tolerance,
             coordinates=0,
             directions=0,
+            hint=hint if s in named else "",
         )
-        for segment in (run.layout[s] for s in chosen)
+        for s in chosen
     )
     return CheckReport(
         passed=False,

@@ -25,7 +25,7 @@ The engine calls a view in this order, and an adapter may rely on it (the confor
    must not change afterwards.
 5. ``gradient()``, once, with every tensor at its original values; then ``gradient_dtype``
    (by default ``loss_dtype``), which widens the tolerance for a less precise gradient.
-6. ``evaluate()`` again at the original values (the determinism check).
+6. ``evaluate()`` again at the original values (the determinism check), then ``drifted()``.
 7. Probes, one tensor at a time: ``write`` / ``write_element`` on tensor ``s``, then
    ``evaluate()``, possibly more writes to the same tensor and evaluations, then ``reset`` /
    ``reset_element`` of every position written, before any other tensor is written. At most
@@ -138,6 +138,16 @@ class FlatView(abc.ABC):
     @abc.abstractmethod
     def restore(self) -> None:
         """Put every tensor (and any state the evaluations touched) back exactly."""
+
+    def drifted(self) -> list[int]:
+        """The tensors whose values differ from their originals although the engine wrote
+        nothing to them: the loss (or the gradient function) changed its parameters.
+
+        The engine asks once, after the determinism evaluation (step 6 of the call order),
+        when every tensor should hold its original values. The default, ``[]``, means the
+        adapter cannot tell (immutable arrays cannot drift).
+        """
+        return []
 
     @property
     def notes(self) -> dict[str, str | int | float | bool | None]:

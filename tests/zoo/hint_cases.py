@@ -110,7 +110,8 @@ def _tied_net(dtype: np.dtype, seed: int = 0) -> tuple[Params, Callable, Callabl
 
 
 def hint_cases(dtype: np.dtype | type = np.float64, seed: int = 0) -> list[HintCase]:
-    """The labelled bugs the zoo does not have: activation, transposed, swapped, detached."""
+    """The labelled bugs the zoo does not have: activation, transposed, swapped, detached,
+    a loss that modifies its parameters."""
     dt = np.dtype(dtype)
     cases = []
 
@@ -144,6 +145,28 @@ def hint_cases(dtype: np.dtype | type = np.float64, seed: int = 0) -> list[HintC
 
     cases.append(
         HintCase("square/swapped", params, loss, swapped, "swapped", frozenset({"W1", "W2"}))
+    )
+
+    params, loss, grad = _square_net(dt, seed)
+
+    def decaying(p: Params, loss: Callable = loss) -> float:
+        p["W2"] *= 0.999  # weight decay applied inside the loss
+        return loss(p)
+
+    cases.append(
+        HintCase("square/decay_in_loss", params, decaying, grad, "mutation", frozenset({"W2"}))
+    )
+
+    params, loss, grad = _square_net(dt, seed)
+
+    def renormalizing(p: Params, loss: Callable = loss) -> float:
+        p["W1"] /= 2.0 * np.sqrt(np.sum(p["W1"] ** 2))  # in-place weight normalization: the
+        return loss(p)  # first call moves W1, later calls keep it (the loss repeats)
+
+    cases.append(
+        HintCase(
+            "square/renormalize_in_loss", params, renormalizing, grad, "mutation", frozenset({"W1"})
+        )
     )
 
     params, loss, grad = _tied_net(dt, seed)
