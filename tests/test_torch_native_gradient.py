@@ -72,3 +72,52 @@ def test_the_float64_gradient_misses_what_the_native_one_catches() -> None:
         report = run_check(view, Settings(seed=0))
     assert report.passed, str(report)
     assert view.gradient_dtype == view.loss_dtype
+
+
+class _ScaledTanh(torch.autograd.Function):
+    """tanh whose backward is off by ``err`` (0: correct)."""
+
+    @staticmethod
+    def forward(ctx, h, err):  # type: ignore[no-untyped-def]
+        ctx.save_for_backward(h)
+        ctx.err = err
+        return torch.tanh(h)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def]
+        (h,) = ctx.saved_tensors
+        return g * (1 - torch.tanh(h) ** 2) * (1 + ctx.err), None
+
+
+class _LayerScaleBlock(torch.nn.Module):
+    """x -> lin(x) + gamma * tanh(branch(x)), gamma initialised at 1e-6 (CaiT, ConvNeXt)."""
+
+    def __init__(self, err: float) -> None:
+        super().__init__()
+        self.err = err
+        self.lin = torch.nn.Linear(8, 8)
+        self.branch = torch.nn.Linear(8, 8)
+        self.gamma = torch.nn.Parameter(torch.full((8,), 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) + self.gamma * _ScaledTanh.apply(self.branch(x), self.err)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_float32_branch_behind_a_layerscale_is_judged_at_its_own_scale(seed: int) -> None:
+    """The branch's gradient is ~1e-6 of the model's, below the float32 gradient's round-off
+    floor at the model's scale and, at the dtype's step, below the float64 loss's round-off:
+    the floor follows the tensor's own scale and the step is widened for it, so the correct
+    block passes (not "zero", not inconclusive) and a 5% error in its backward fails there."""
+    torch.manual_seed(seed)
+    x, t = torch.randn(16, 8), torch.randn(16, 8)
+    correct = _LayerScaleBlock(0.0)
+    report = gg.check(lambda m: ((m(x) - t) ** 2).mean(), correct, seed=seed)
+    assert report.passed and report.status is gg.Status.PASS, str(report)
+    assert report.notes["gradient_dtype"] == "float32"
+    assert set(report.notes["step_widened"]) >= {"branch.weight"}
+    torch.manual_seed(seed)
+    wrong = _LayerScaleBlock(0.05)
+    report = gg.check(lambda m: ((m(x) - t) ** 2).mean(), wrong, seed=seed)
+    assert set(report.failed) == {"branch.weight", "branch.bias"}, str(report)
+    assert "constant factor" in report["branch.weight"].hint

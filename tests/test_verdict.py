@@ -228,6 +228,22 @@ def test_a_tiny_but_wrong_tensor_behind_a_layerscale_fails(error: float, seed: i
 
     report = gg.check(lambda p: forward(p)[0], params, grad, seed=seed)
     assert report.failed == ("V",), str(report)
+    # The correct branch is never "zero" (its gradient is plainly not 0) and never fails: its
+    # gradient is ~1e-6 of the model's and the loss is a sum (49), so at the dtype's step its
+    # probes carry ~1e-4 of relative round-off; it is probed again at a step up to 1024x wider,
+    # where truncation then limits float64's 1e-6 tolerance (inconclusive, with the tolerance
+    # it could judge, ~3e-6 to 8e-6) on 3 of these 4 seeds; PyTorch's float32 version passes
+    # (test_torch_native_gradient.py), its tolerance being 1e-5.
+    correct = gg.check(
+        lambda p: forward(p)[0],
+        params,
+        lambda p: {**grad(p), "V": grad(p)["V"] / (1.0 + error)},
+        seed=seed,
+    )
+    assert correct.failed == () and correct["V"].status is not gg.Status.ZERO, str(correct)
+    assert correct.notes["step_widened"] == ["V"]
+    if correct["V"].status is gg.Status.INCONCLUSIVE:
+        assert "pass tolerance>=" in correct["V"].hint
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -87,6 +87,10 @@ _GRADIENT_ULPS = 32.0
 # BatchNorm: float32 sums that cancel to ~1e-8 where float64 gives 1e-17), relative to the
 # loss dtype's _FLOOR_ULPS: 4 x 16 units of the gradient dtype.
 _GRADIENT_FLOOR_SHARE = 4.0
+# How much wider than the dtype's step a tensor whose round-off hid the tolerance is probed
+# again (at most), and the widest relative step that retry uses (_widen_step).
+_WIDEST = 1024.0
+_WIDEST_STEP = 1e-2
 # Bisection: a half carrying this share of a failing direction's discrepancy holds the error.
 _CONFINED_SHARE = 0.9
 
@@ -368,6 +372,9 @@ class _Judgement:
     worst_analytic: float | None
     worst_numeric: float | None
     hint: str
+    # For an inconclusive tensor: the smallest tolerance its noise could judge (the widening
+    # retry's measure of how much larger a step it needs).
+    reachable: float | None = None
 
 
 def run_check(
@@ -459,6 +466,8 @@ def run_check(
     retry = [s for s in chosen if judgements[s].status is Status.INCONCLUSIVE]
     if retry and not run.relative_step:
         judgements.update(_retry_with_dtype_step(run, retry, picks, scale, judgements))
+    widened = _widen_step(run, chosen, picks, scale, judgements)
+    judgements.update(widened)
     judgements = _name_arrangement_mistakes(run, judgements, members_of, scale)
 
     reports = []
@@ -486,6 +495,8 @@ def run_check(
     notes = {**dict(view.notes), **base_notes}
     if retry and not run.relative_step:
         notes["step_retried"] = True
+    if widened:
+        notes["step_widened"] = sorted(layout[s].name for s in widened)
     if run.sparse_sampling:
         notes["coordinates"] = "half among elements with a non-zero analytic gradient"
     return CheckReport(
@@ -597,6 +608,7 @@ def _evidence(run: _Run, members: npt.NDArray[np.intp], scale: float) -> Evidenc
         run.tolerance,
         scale,
         max(run.u, _GRADIENT_FLOOR_SHARE * run.u_grad),  # the floor: cancelled float32 sums
+        run.u,
     )
 
 
@@ -842,6 +854,50 @@ def _retry_with_dtype_step(
     }
 
 
+def _widen_step(
+    run: _Run,
+    chosen: list[int],
+    picks: dict[int, npt.NDArray[np.intp]],
+    scale: float,
+    judgements: dict[int, _Judgement],
+) -> dict[int, _Judgement]:
+    """Probe again, with a wider step, the tensors whose round-off hid the tolerance.
+
+    Round-off in a central difference falls as 1/h, truncation grows as h**2, so a tensor whose
+    gradient is small next to the loss (a branch behind a LayerScale of 1e-6: its probes see
+    ~1e-4 of relative round-off at the dtype's step) is often judged exactly at a step a few
+    hundred times wider. The step grows by what the noise asks for (a power of two, at most
+    ``_WIDEST`` times, and the relative step at most ``_WIDEST_STEP``); the second look at
+    that step measures the truncation it adds, so a curved tensor stays inconclusive rather
+    than failing. Default steps only (a user's eps is the user's, retried at the dtype's).
+    """
+    if not run.relative_step:
+        return {}
+    factors = {}
+    for s in chosen:
+        j = judgements[s]
+        if j.status is not Status.INCONCLUSIVE or j.reachable is None or j.kinks:
+            continue
+        want = 2.0 * j.reachable / run.tolerance
+        factor = 2.0 ** math.ceil(math.log2(max(want, 2.0)))
+        factor = min(factor, _WIDEST, _WIDEST_STEP / run.h)
+        if factor >= 2.0:
+            factors[s] = factor
+    widened: dict[int, _Judgement] = {}
+    h = run.h
+    try:
+        for s, factor in factors.items():
+            run.h = h * factor
+            members = {s: _probe(run, s, picks[s])}
+            j = _judge_all(run, [s], members, scale)[s]
+            said = f"judged at a {factor:g}x wider step ({run.h:.2g} x max(1, |x|)): round-off"
+            said += " hid the tolerance at the dtype's step"
+            widened[s] = attrs.evolve(j, hint=f"{said}; {j.hint}" if j.hint else said)
+    finally:
+        run.h = h
+    return widened
+
+
 def _finish(
     run: _Run,
     s: int,
@@ -878,6 +934,7 @@ def _finish(
                 worst = found.element
     verified, excluded = kinks
     difference = relative_difference(e.analytic, e.numeric)
+    reachable: float | None = None
     notes = []
     if verified:
         notes.append(f"{_probes(verified)} straddled a kink, verified from its clean side")
@@ -895,6 +952,7 @@ def _finish(
         )
     elif status is Status.INCONCLUSIVE:
         hint = _inconclusive_hint(run, e)
+        reachable = _reachable(e)
     else:
         hint = ""
     if notes:
@@ -907,7 +965,14 @@ def _finish(
         worst_analytic=None if worst is None else worst[1],
         worst_numeric=None if worst is None else worst[2],
         hint=hint,
+        reachable=reachable,
     )
+
+
+def _reachable(e: Evidence) -> float:
+    """The smallest tolerance an inconclusive tensor's noise could judge."""
+    signal = float(np.linalg.norm(e.analytic) + np.linalg.norm(e.numeric)) or e.scale
+    return e.noise_allowance() / (BLIND_FACTOR * signal) if signal > 0.0 else math.inf
 
 
 def _unresolved_by_a_small_step(run: _Run, members: npt.NDArray[np.intp], e: Evidence) -> bool:
@@ -931,8 +996,7 @@ def _inconclusive_hint(run: _Run, e: Evidence) -> str:
     """Why the finite differences could not see, and what would let them."""
     dtype = run.view.loss_dtype
     noise = e.noise_allowance()
-    signal = float(np.linalg.norm(e.analytic) + np.linalg.norm(e.numeric)) or e.scale
-    reachable = noise / (BLIND_FACTOR * signal) if signal > 0.0 else math.inf
+    reachable = _reachable(e)
     ratio = abs(run.loss0) / e.scale if e.scale > 0.0 else math.inf
     parts = [
         f"finite-difference noise ({noise:.2g}) exceeds the disagreement tolerance "

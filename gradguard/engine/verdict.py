@@ -58,13 +58,29 @@ class Evidence:
         tolerance: float,
         scale: float,
         u: float,
+        u_numeric: float | None = None,
     ) -> None:
+        """``u``: the round-off unit of the comparison's floor; ``u_numeric`` (when smaller):
+        that of the finite differences alone, for an analytic gradient computed in a less
+        precise dtype than the loss (float32 backprop against a float64 evaluation)."""
         self.analytic = analytic
         self.numeric = numeric
         self.noise = noise
         self.tolerance = tolerance
         self.scale = scale
         self.floor = _FLOOR_ULPS * u * scale
+        # What the numeric side alone can tell from 0. It equals the floor unless the gradient
+        # is less precise than the loss: a float32 gradient's floor is at the model's gradient
+        # scale (float32 sums that cancel, a bias before BatchNorm), but a tensor whose float64
+        # finite differences clearly see a gradient far below that scale (a branch behind a
+        # LayerScale of 1e-6) is judged at its own scale: its backward sums are that small too.
+        self.numeric_floor = self.floor
+        if u_numeric is not None and u_numeric < u:
+            self.numeric_floor = _FLOOR_ULPS * u_numeric * scale
+            seen = np.abs(numeric) > NOISE_FACTOR * noise + self.numeric_floor
+            if seen.any():
+                own = float(np.sqrt(np.mean(np.square(numeric[seen]))))
+                self.floor = self.numeric_floor + _FLOOR_ULPS * u * min(scale, own)
 
     @property
     def size(self) -> int:
@@ -75,7 +91,7 @@ class Evidence:
         e = Evidence(
             self.analytic[keep], self.numeric[keep], self.noise[keep], self.tolerance, 1.0, 0.0
         )
-        e.scale, e.floor = self.scale, self.floor
+        e.scale, e.floor, e.numeric_floor = self.scale, self.floor, self.numeric_floor
         return e
 
     def needed(self) -> float:
@@ -87,7 +103,7 @@ class Evidence:
 
     def signal(self) -> npt.NDArray[np.bool_]:
         """Probes whose numeric value stands out of the noise."""
-        return np.abs(self.numeric) > NOISE_FACTOR * self.noise + self.floor
+        return np.abs(self.numeric) > NOISE_FACTOR * self.noise + self.numeric_floor
 
     def zero_difference(self) -> float:
         """The disagreement measured against the model's gradient scale, for a ~0 tensor."""
