@@ -153,14 +153,64 @@ def test_a_tf_module_contributes_its_trainable_variables_and_keeps_its_state() -
 
 def test_keras_model_is_checked_in_a_float64_trace_and_reports_its_own_dtypes() -> None:
     """By default a float32 Keras model is evaluated through a float64 trace: loss_dtype
-    float64 (tolerance 1e-6), the notes say so, the report's tensors keep float32."""
+    float64, the notes say so, the report's tensors keep float32. The analytic gradient is the
+    model's own float32 one (tolerance 1e-5, its round-off allowed for); with
+    native_gradient=False the float64 trace's (tolerance 1e-6)."""
     model = mlp(dropout=0.2, batchnorm=True)
     report = gg.check(model_loss(model, X, Y), model, seed=0)
     assert report.passed
-    assert report.dtype == "float64" and report.tolerance == 1e-6
+    assert report.dtype == "float64" and report.tolerance == 1e-5
+    assert report.notes["gradient_dtype"] == "float32"
+    assert str(report.notes["gradient"]).startswith("native float32 (the model as it trains)")
+    off = gg.check(model_loss(model, X, Y), TFParams(model, native_gradient=False), seed=0)
+    assert off.passed and off.tolerance == 1e-6 and "gradient_dtype" not in off.notes
     assert report.notes["evaluation"].startswith("float64 trace of the model, compiled")
     assert {p.dtype for p in report.params} == {"float32"}
-    assert report.difference < 1e-8
+    assert report.difference < 1e-6  # float32 backprop against float64 differences
+
+
+class _Float32OnlyBug(keras.layers.Layer):
+    """tanh with a tf.custom_gradient whose backward is 2% off in float32 only (a kernel
+    that dispatches on dtype)."""
+
+    def call(self, z: Any) -> Any:
+        @tf.custom_gradient
+        def f(z: Any) -> Any:
+            def grad(g: Any) -> Any:
+                d = g * (1 - tf.tanh(z) ** 2)
+                return d * 1.02 if z.dtype == tf.float32 else d
+
+            return tf.tanh(z), grad
+
+        return f(z)
+
+
+def _float32_bug_model(dropout: float = 0.0) -> keras.Model:
+    keras.utils.set_random_seed(7)
+    layers: list[Any] = [keras.Input((5,)), keras.layers.Dense(6, name="h")]
+    layers.append(_Float32OnlyBug(name="act"))
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout, name="drop"))
+    layers.append(keras.layers.Dense(2, name="out"))
+    model = keras.Sequential(layers, name="f32")
+    model.compile(loss="mse")
+    return model
+
+
+def test_a_custom_gradient_wrong_only_in_float32_is_caught() -> None:
+    """The gradient under test is the one training uses: the float64 trace would run the
+    correct float64 branch of the custom gradient; the native gradient runs the float32 one."""
+    model = _float32_bug_model()
+    report = gg.check(model_loss(model, X, Y), model, seed=0)
+    assert report.failed == ("f32/h/kernel", "f32/h/bias"), str(report)
+    assert str(report.notes["gradient"]).startswith("native float32")
+    off = gg.check(model_loss(model, X, Y), TFParams(model, native_gradient=False), seed=0)
+    assert off.passed
+    # Dropout in training mode draws different masks in float32 and float64: the check keeps
+    # the float64 trace's gradient (same draws on both sides) and says why.
+    model = _float32_bug_model(dropout=0.3)
+    report = gg.check(model_loss(model, X, Y, training=True), model, seed=0)
+    assert report.passed and "draws random numbers" in str(report.notes["gradient"])
 
 
 def test_native_precision_evaluates_in_the_variables_dtype() -> None:

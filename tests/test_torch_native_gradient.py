@@ -115,7 +115,7 @@ def test_a_float32_branch_behind_a_layerscale_is_judged_at_its_own_scale(seed: i
     report = gg.check(lambda m: ((m(x) - t) ** 2).mean(), correct, seed=seed)
     assert report.passed and report.status is gg.Status.PASS, str(report)
     assert report.notes["gradient_dtype"] == "float32"
-    assert set(report.notes["step_widened"]) >= {"branch.weight"}
+    assert "branch.weight" in str(report.notes["step_widened"])
     torch.manual_seed(seed)
     wrong = _LayerScaleBlock(0.05)
     report = gg.check(lambda m: ((m(x) - t) ** 2).mean(), wrong, seed=seed)

@@ -241,7 +241,7 @@ def test_a_tiny_but_wrong_tensor_behind_a_layerscale_fails(error: float, seed: i
         seed=seed,
     )
     assert correct.failed == () and correct["V"].status is not gg.Status.ZERO, str(correct)
-    assert correct.notes["step_widened"] == ["V"]
+    assert correct.notes["step_widened"] == "V"
     if correct["V"].status is gg.Status.INCONCLUSIVE:
         assert "pass tolerance>=" in correct["V"].hint
 

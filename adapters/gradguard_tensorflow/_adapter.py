@@ -27,11 +27,11 @@ class TensorFlowAdapter(Adapter):
         # Imported here: the claim hook and this module must not import TensorFlow.
         from gradguard_tensorflow._view import TensorFlowView
 
-        precision = "auto"
+        precision, native_gradient = "auto", True
         if isinstance(params, TFParams):
-            precision = params.precision
+            precision, native_gradient = params.precision, params.native_gradient
             params = params.params
-        return TensorFlowView(params, loss, grad, precision)
+        return TensorFlowView(params, loss, grad, precision, native_gradient=native_gradient)
 
     def lock_keys(self, params: Any) -> Iterable[Hashable]:
         """The storage of every variable the check reads or writes, and the params object.

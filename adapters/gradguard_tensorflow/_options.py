@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import attrs
 
+from gradguard.errors import SettingsError
 from gradguard.kit.options import PRECISIONS, Precision, PrecisionParams
 
 __all__ = ["PRECISIONS", "Precision", "TFParams"]
+
+
+def _check_bool(_: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    if not isinstance(value, bool):
+        raise SettingsError(f"{attribute.name} must be True or False, got {value!r}")
 
 
 @attrs.frozen
@@ -31,4 +37,11 @@ class TFParams(PrecisionParams):
               and analytic gradient all in float64, tolerance 1e-6); an error if it cannot.
             - ``"native"``: evaluate in the variables' own dtype (float32: tolerance 1e-2,
               with the engine's noise-aware second look).
+        native_gradient: With a float64 trace of a float32 Keras model, take the analytic
+            gradient from the model as it trains (a float32 GradientTape through the same
+            StatelessScope), judged with the float32 gradient's tolerance (1e-5), so a
+            ``tf.custom_gradient`` that is wrong only in float32 is caught (default ``True``).
+            ``False``: the float64 trace's own gradient, as before.
     """
+
+    native_gradient: bool = attrs.field(default=True, validator=_check_bool)

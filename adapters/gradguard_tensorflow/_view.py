@@ -34,6 +34,10 @@ from gradguard_tensorflow._tf32 import Tf32Switch, gpu_visible
 __all__ = ["TensorFlowView"]
 
 FloatArray = npt.NDArray[np.float64]
+
+# How far apart (relative) the native and float64 gradients may be before random draws that
+# differ between the two dtypes are suspected (float32 backprop is within ~1e-6 on the zoo).
+_RANDOM_DRAWS_APART = 1e-4
 Notes = dict[str, str | int | float | bool | None]
 
 
@@ -61,8 +65,18 @@ class TensorFlowView(BufferedView):
 
     adapter = "tensorflow"
 
-    def __init__(self, params: Any, loss: Callable[..., Any], grad: Any, precision: str) -> None:
+    def __init__(
+        self,
+        params: Any,
+        loss: Callable[..., Any],
+        grad: Any,
+        precision: str,
+        *,
+        native_gradient: bool = True,
+    ) -> None:
         require_no_strategy()
+        self._native_gradient = native_gradient
+        self._gradient_dtype: np.dtype[Any] | None = None
         self._target = params
         self._loss = loss
         self._grad = grad
@@ -267,21 +281,89 @@ class TensorFlowView(BufferedView):
     @property
     def gradient_dtype(self) -> np.dtype[Any]:
         """A given grad was computed by the user's code from the variables in their own
-        dtype: it is worth the least precise of them, whatever the loss was traced in."""
-        if self._grad is None:
-            return self.loss_dtype
-        return least_precise(self.loss_dtype, *(s.dtype for s in self._slots))
+        dtype: it is worth the least precise of them, whatever the loss was traced in; so is
+        the model's own (native) gradient."""
+        if self._grad is not None:
+            return least_precise(self.loss_dtype, *(s.dtype for s in self._slots))
+        return self._gradient_dtype if self._gradient_dtype is not None else self.loss_dtype
 
     def gradient(self) -> FloatArray:
         if self._grad is not None:
             return self._user_gradient()
-        _, grads = self._ensure_program().gradient()
-        return autodiff_gradient(
+        program = self._ensure_program()
+        _, grads = program.gradient()
+        flat = autodiff_gradient(
             self.layout,
             grads,
             self._notes,
             to_array=_to_array,
             source="the analytic gradient (GradientTape)",
+        )
+        native_dtype = least_precise(*(s.dtype for s in self._slots))
+        if (
+            self._native_gradient
+            and isinstance(program, StatelessProgram)
+            and program.precision == "float64"
+            and native_dtype != np.float64
+        ):
+            return self._native(flat, native_dtype)
+        return flat
+
+    def _native(self, reference: FloatArray, dtype: np.dtype[Any]) -> FloatArray:
+        """The gradient as a training step computes it: a GradientTape over the variables in
+        their own dtype, through the same StatelessScope (nothing written), from the same
+        state values. The float64 trace's gradient stays the reference the notes compare."""
+        key = ("native-gradient",)
+        functions = self._cache.get(key) if self._cache is not None else None
+        try:
+            if not (
+                isinstance(functions, StatelessFunctions)
+                and functions.matches(self._slots, self._state, False)
+            ):
+                functions = StatelessFunctions(
+                    self._target,
+                    self._loss,
+                    self._slots,
+                    self._state,
+                    float64=False,
+                    roots=self._roots,
+                )
+                functions.trace_gradient()
+                if self._cache is not None:
+                    self._cache[key] = functions
+            functions.load([s.saved for s in self._slots], self._state_saved)
+            _, grads = functions.gradient_fn()
+            flat = autodiff_gradient(
+                self.layout,
+                list(grads),
+                {},
+                to_array=_to_array,
+                source="the native gradient (GradientTape in the variables' dtype)",
+            )
+        except GradGuardError:
+            raise
+        except Exception as exc:  # a loss that traces in float64 but not natively
+            self._notes[kit_notes.GRADIENT] = f"float64 trace (native: {_short(exc)})"
+            return reference
+        scale = float(np.linalg.norm(flat) + np.linalg.norm(reference)) or 1.0
+        apart = float(np.linalg.norm(flat - reference)) / scale
+        if apart > _RANDOM_DRAWS_APART and self._draws_randomly():
+            self._notes[kit_notes.GRADIENT] = (
+                f"float64 trace: the native {dtype} gradient differs by {apart:.1e}, and the "
+                "model draws random numbers (a SeedGenerator), whose float32 and float64 "
+                "draws can differ"
+            )
+            return reference
+        self._notes[kit_notes.GRADIENT] = (
+            f"native {dtype} (the model as it trains); the float64 trace's differs by {apart:.1e}"
+        )
+        self._gradient_dtype = dtype
+        return flat
+
+    def _draws_randomly(self) -> bool:
+        """Whether the model holds random state (Keras SeedGenerators: dropout, noise)."""
+        return any(
+            "seed_generator" in getattr(v, "path", getattr(v, "name", "")) for v in self._state
         )
 
     def _user_gradient(self) -> FloatArray:

@@ -496,7 +496,7 @@ def run_check(
     if retry and not run.relative_step:
         notes["step_retried"] = True
     if widened:
-        notes["step_widened"] = sorted(layout[s].name for s in widened)
+        notes["step_widened"] = ", ".join(sorted(layout[s].name for s in widened))
     if run.sparse_sampling:
         notes["coordinates"] = "half among elements with a non-zero analytic gradient"
     return CheckReport(
