@@ -538,14 +538,11 @@ def _leaf_bytes(params: Any) -> list[Any]:
 
 
 def test_bad_params_are_refused_with_the_fix() -> None:
-    """Non-floating, complex, bfloat16, non-leaf, overlapping, empty, frozen, lazy and
+    """Non-floating, complex, non-leaf, overlapping, empty, frozen, lazy and
     mixed-device params get InvalidParamsError naming the tensor and the fix."""
     invalid = errors.InvalidParamsError
     _refused(torch.arange(3), lambda t: t.sum(), invalid, "non-floating", "int64", "double()")
     _refused(torch.ones(2, dtype=torch.complex64), lambda t: t.abs().sum(), invalid, "complex")
-    _refused(
-        torch.ones(2, dtype=torch.bfloat16), lambda t: t.sum(), invalid, "bfloat16", ".float()"
-    )
     w = torch.ones(3, requires_grad=True)
     _refused([w * 2], lambda p: p[0].sum(), invalid, "grad_fn", "leaf")
     base = torch.ones(4, dtype=torch.float64)

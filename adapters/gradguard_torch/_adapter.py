@@ -56,7 +56,14 @@ from gradguard.kit.restoring import run_all
 from gradguard.kit.signals import deferred, entered, left, transition
 from gradguard.kit.tree import Path, path_name, refuse_duplicate_names, walk, walk_like
 from gradguard.kit.validate import check_loss_value
-from gradguard_torch._precision import LOW_PRECISION, Float64Mode, cast_inputs
+from gradguard_torch._compat import compiled_original, is_compiled_module, uncompile
+from gradguard_torch._precision import (
+    BFLOAT16,
+    LOW_PRECISION,
+    AutocastSeen,
+    Float64Mode,
+    cast_inputs,
+)
 from gradguard_torch._tf32 import Tf32Switch
 
 __all__ = ["TorchAdapter", "TorchView", "unwrap_module"]
@@ -64,13 +71,12 @@ __all__ = ["TorchAdapter", "TorchView", "unwrap_module"]
 FloatArray = npt.NDArray[np.float64]
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {
+    torch.bfloat16: BFLOAT16,
     torch.float16: np.dtype(np.float16),
     torch.float32: np.dtype(np.float32),
     torch.float64: np.dtype(np.float64),
 }
-# NumPy has no bfloat16; a bfloat16 loss value is judged as float16, the closest NumPy dtype
-# (its unit round-off is 8x smaller than bfloat16's, so the allowance errs on the strict side).
-_LOSS_DTYPES = {**_NUMPY_DTYPES, torch.bfloat16: np.dtype(np.float16)}
+_LOSS_DTYPES = _NUMPY_DTYPES
 
 
 class _NoDependenceError(LossError):
@@ -95,7 +101,21 @@ _NO_DEPENDENCE = (
 
 
 def unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DataParallel / DistributedDataParallel wrappers (any depth)."""
+    """The module inside DataParallel / DistributedDataParallel / ``torch.compile`` wrappers."""
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(module, wrappers):
+            inner = module.module
+        elif is_compiled_module(module):
+            inner = compiled_original(module)
+        else:
+            return module
+        assert isinstance(inner, torch.nn.Module)
+        module = inner
+
+
+def _trained_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The module training calls: the compiled wrapper of a ``torch.compile`` d model."""
     wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
     while isinstance(module, wrappers):
         inner = module.module
@@ -132,17 +152,11 @@ def _check_tensor(name: str, tensor: torch.Tensor, *, tree: bool) -> None:
             f"{where} is on the meta device and holds no values; materialize the model "
             "(model.to_empty(device=...) and initialize it) before checking"
         )
-    if tensor.dtype == torch.bfloat16:
-        raise InvalidParamsError(
-            f"{where}: bfloat16 parameters cannot be checked yet (a report's dtype must be "
-            "float16, float32 or float64); check a float32 copy instead, e.g. "
-            "check(loss, copy.deepcopy(model).float())"
-        )
     if tensor.dtype not in _NUMPY_DTYPES:
         kind = "complex" if tensor.is_complex() else "non-floating"
         raise InvalidParamsError(
-            f"{where} has {kind} dtype {tensor.dtype}; only float16, float32 and float64 "
-            "tensors can be checked: cast it (tensor.double()) or leave it out of params"
+            f"{where} has {kind} dtype {tensor.dtype}; only bfloat16, float16, float32 and "
+            "float64 tensors can be checked: cast it (tensor.double()) or leave it out of params"
         )
     if tensor.is_inference():
         raise InvalidParamsError(
@@ -430,8 +444,10 @@ class TorchView(FlatView):
         self._grad = grad
         self._module: torch.nn.Module | None = None
         self._positions: dict[Path, int] = {}
+        self._trained: torch.nn.Module | None = None
         if isinstance(params, torch.nn.Module):
             self._module = unwrap_module(params)
+            self._trained = _trained_module(params)
             entries = _module_entries(self._module)
             self._presented: Any = self._module
         else:
@@ -488,6 +504,7 @@ class TorchView(FlatView):
         shadow = copy.deepcopy(module)
         for parameter in shadow.parameters():
             parameter.grad = None
+        uncompile(shadow)  # the shadow runs eagerly: module.compile() must not follow it
         shadow.double()
         for submodule in shadow.modules():
             submodule.register_forward_pre_hook(cast_inputs, with_kwargs=True)
@@ -643,15 +660,16 @@ class TorchView(FlatView):
         The shadow's float64 gradient stays as a reference: the notes say how far apart the
         two are, which tells a float32-only bug from one in both paths.
         """
-        module = self._module
+        module = self._trained
         assert module is not None
         params = [t for _, t in self._entries]
         self._rng.replay()
         self._user_buffers.replay()
         self._user_generators.replay()
         drew = False
+        seen = AutocastSeen()
         try:
-            with _RequiresGrad(params), torch.enable_grad():
+            with _RequiresGrad(params), torch.enable_grad(), seen:
                 loss = self._loss(module)
                 if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
                     return  # a loss that does not differentiate natively: keep float64
@@ -677,6 +695,12 @@ class TorchView(FlatView):
         scale = float(np.linalg.norm(flat) + np.linalg.norm(reference)) or 1.0
         apart = float(np.linalg.norm(flat - reference)) / scale
         dtype = least_precise(*(_NUMPY_DTYPES[t.dtype] for t in params))
+        how = "the model as it trains"
+        if seen.dtype is not None:
+            dtype = least_precise(dtype, _NUMPY_DTYPES[seen.dtype])
+            how = f"under torch.autocast({seen.dtype}); the float64 shadow evaluates without it"
+        if module is not self._module:
+            how += ", compiled backward"
         if drew and apart > _RANDOM_DRAWS_APART:
             # Random draws in float32 and float64 need not match (torch.randn does not;
             # dropout's bernoulli does): the two sides may not have seen the same noise.
@@ -686,7 +710,7 @@ class TorchView(FlatView):
             )
             return
         self._notes[notes.GRADIENT] = (
-            f"native {dtype} (the model as it trains); the float64 shadow's differs by {apart:.1e}"
+            f"native {dtype} ({how}); the float64 shadow's differs by {apart:.1e}"
         )
         self._gradient = flat
         self._gradient_dtype = dtype

@@ -11,14 +11,19 @@ import contextlib
 import types
 from typing import Any, TypeGuard
 
+import torch
 import torch.distributed as dist
 import torch.overrides
 
 __all__ = [
     "close_interrupted_mode_stashes",
+    "compile_counts",
+    "compiled_original",
     "default_store",
     "function_modes",
     "innermost_function_mode",
+    "is_compiled_module",
+    "uncompile",
 ]
 
 
@@ -81,3 +86,45 @@ def close_interrupted_mode_stashes(tb: types.TracebackType | None) -> None:
             if _suspended(generator, code):
                 generator.close()  # runs its finally: the push
         tb = tb.tb_next
+
+
+def is_compiled_module(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is the wrapper ``torch.compile(model)`` returns (an OptimizedModule).
+
+    Decided without importing ``torch._dynamo`` (which takes seconds): the wrapper's class is
+    ``torch._dynamo.eval_frame.OptimizedModule`` and it holds the eager model as ``_orig_mod``.
+    """
+    cls = type(module)
+    return cls.__name__ == "OptimizedModule" and cls.__module__ == "torch._dynamo.eval_frame"
+
+
+def compiled_original(module: torch.nn.Module) -> torch.nn.Module:
+    """The eager model inside a ``torch.compile`` wrapper (it owns the parameters)."""
+    inner = module._orig_mod
+    assert isinstance(inner, torch.nn.Module)
+    return inner
+
+
+def uncompile(module: torch.nn.Module) -> None:
+    """Make a private copy run eagerly: drop what ``nn.Module.compile()`` set on it.
+
+    ``model.compile()`` compiles in place by setting ``_compiled_call_impl``; a deep copy
+    (the float64 shadow) carries it along and would compile a float64 graph of its own.
+    """
+    for submodule in module.modules():
+        if getattr(submodule, "_compiled_call_impl", None) is not None:
+            submodule._compiled_call_impl = None
+
+
+def compile_counts() -> dict[str, int]:
+    """How much ``torch.compile`` has compiled in this process: graphs and frames.
+
+    ``unique_graphs`` counts Dynamo's graphs, ``calls_captured`` its captured calls; a check
+    over a compiled model must add at most a few graphs, and a training step after it none.
+    """
+    from torch._dynamo.utils import counters
+
+    return {
+        "unique_graphs": int(counters["stats"]["unique_graphs"]),
+        "frames": int(counters["frames"]["ok"]),
+    }

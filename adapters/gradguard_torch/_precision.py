@@ -25,6 +25,8 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import ml_dtypes
+import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -35,7 +37,14 @@ from gradguard_torch._compat import (
     innermost_function_mode,
 )
 
-__all__ = ["LOW_PRECISION", "Float64Mode", "cast_inputs", "to_float64"]
+__all__ = ["BFLOAT16", "LOW_PRECISION", "AutocastSeen", "Float64Mode", "cast_inputs", "to_float64"]
+
+BFLOAT16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+"""bfloat16 as the engine sees it: ml_dtypes' NumPy dtype (NumPy has none of its own).
+
+``np.finfo`` knows it once ml_dtypes is imported, so the engine's step and noise model
+use bfloat16's own unit round-off (2**-7) rather than float16's, which is 8x smaller.
+"""
 
 LOW_PRECISION = frozenset({torch.float32, torch.float16, torch.bfloat16})
 """The floating dtypes a shadow evaluation lifts to float64."""
@@ -196,3 +205,33 @@ class Float64Mode(ProtectedContext, TorchFunctionMode):
         args = (args[0], *to_float64(args[1:])) if written else to_float64(args)
         lifted = {k: v if k == "out" else to_float64(v) for k, v in kwargs.items()}
         return func(*args, **lifted)
+
+
+class AutocastSeen(TorchFunctionMode):
+    """Notes whether any torch function of the loss ran under ``torch.autocast``, and in what.
+
+    Active around the native pass only (one forward and backward of the user's model): a loss
+    that enters autocast itself has left it by the time its value comes back, so the only
+    way to know that the gradient under test was computed in bfloat16 or float16 is to look
+    while the loss runs. ``dtype`` is the least precise autocast dtype seen, or ``None``.
+    """
+
+    _DEVICES = ("cpu", "cuda")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtype: torch.dtype | None = None
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        if self.dtype is None:
+            for device in self._DEVICES:
+                if torch.is_autocast_enabled(device):
+                    self.dtype = torch.get_autocast_dtype(device)
+                    break
+        return func(*args, **(kwargs or {}))

@@ -44,6 +44,7 @@ from gradguard.engine.numerics import (
     default_gradient_tolerance,
     default_step,
     default_tolerance,
+    gradient_roundoff,
     relative_difference,
     unit_roundoff,
 )
@@ -417,7 +418,7 @@ def run_check(
     run.grad = view.gradient()
     run.gradient_calls += 1
     gradient_dtype = view.gradient_dtype
-    run.u_grad = unit_roundoff(gradient_dtype)
+    run.u_grad = gradient_roundoff(gradient_dtype)
     run.tolerance = (
         settings.tolerance
         if settings.tolerance is not None

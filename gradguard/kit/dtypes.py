@@ -1,7 +1,8 @@
 """Dtype helpers every adapter needs: precision order, float64 originals, TF32 switched off.
 
 Framework-free: an adapter maps its own dtypes to NumPy dtypes (bfloat16, which NumPy lacks,
-to float16: a stricter unit round-off) and uses these for the rest.
+to ``ml_dtypes.bfloat16``, a NumPy dtype that ``np.finfo`` knows once ml_dtypes is imported;
+this module never imports it) and uses these for the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gradguard.kit.notes import LOSS_PRECISION
 __all__ = ["Tf32Switch", "float64_flat", "judged_dtype", "least_precise", "precision_bits"]
 
 _BITS: dict[np.dtype[Any], int] = {}
+_EPS: dict[np.dtype[Any], float] = {}
 
 
 def precision_bits(dtype: npt.DTypeLike) -> int:
@@ -36,7 +38,15 @@ def least_precise(*dtypes: npt.DTypeLike) -> np.dtype[Any]:
     """
     if not dtypes:
         raise ValueError("least_precise() needs at least one dtype")
-    return min((np.dtype(d) for d in dtypes), key=precision_bits)
+    # By machine epsilon, not width: bfloat16 and float16 are both 16 bits wide.
+    return max((np.dtype(d) for d in dtypes), key=_eps)
+
+
+def _eps(dtype: np.dtype[Any]) -> float:
+    eps = _EPS.get(dtype)
+    if eps is None:  # np.finfo is slow; a check asks the same few dtypes many times
+        eps = _EPS[dtype] = float(np.finfo(dtype).eps)
+    return eps
 
 
 def judged_dtype(

@@ -1,0 +1,136 @@
+"""Mixed precision and torch.compile: the gradient under test is the one training computes.
+
+bfloat16 / float16 parameters and losses under ``torch.autocast`` are checked with the
+low-precision native gradient as the analytic side and float64 finite differences of an
+autocast-free shadow as the numeric side; a ``torch.compile`` d model's compiled backward is
+checked against eager float64 finite differences.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradguard as gg
+from gradguard_torch._compat import compile_counts
+
+
+class _Tanh(torch.autograd.Function):
+    """tanh with a hand-written backward, scaled by ``factor`` (1.05: a 5% bug)."""
+
+    factor = 1.0
+    only_compiled = False
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.tanh(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        d = g * (1 - torch.tanh(x) ** 2)
+        buggy = not _Tanh.only_compiled or torch.compiler.is_compiling()
+        return d * _Tanh.factor if buggy else d
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(16, 32)
+        self.second = nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden: torch.Tensor = _Tanh.apply(self.first(x))  # type: ignore[no-untyped-call]
+        out: torch.Tensor = self.second(hidden)
+        return out
+
+
+@pytest.fixture(autouse=True)
+def _correct_backward() -> object:
+    yield
+    _Tanh.factor, _Tanh.only_compiled = 1.0, False
+
+
+def _autocast_loss(x: torch.Tensor, y: torch.Tensor) -> Callable[[nn.Module], torch.Tensor]:
+    def loss(model: nn.Module) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        return F.mse_loss(out.float(), y)
+
+    return loss
+
+
+def test_a_correct_transformer_block_under_autocast_passes() -> None:
+    """A bfloat16-autocast transformer block passes, judged as a bfloat16 gradient, and the
+    report says the native pass ran under autocast and the shadow without it."""
+    torch.manual_seed(0)
+    block = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    x = torch.randn(4, 8, 32)
+    y = torch.linspace(-1, 1, x.numel()).view(x.shape)
+    report = gg.check(_autocast_loss(x, y), block, seed=0)
+    assert report.passed, report
+    assert report.notes["gradient_dtype"] == "bfloat16"
+    assert "torch.autocast(torch.bfloat16)" in str(report.notes["gradient"])
+    assert "shadow evaluates without it" in str(report.notes["gradient"])
+
+
+def test_a_five_percent_backward_bug_under_autocast_is_caught_and_localized() -> None:
+    """A 5% error in one custom Function's backward fails the tensors before it, not after."""
+    torch.manual_seed(0)
+    net, x, y = _Net(), torch.randn(16, 16), torch.randn(16, 1)
+    assert gg.check(_autocast_loss(x, y), net, seed=0).passed
+    _Tanh.factor = 1.05
+    report = gg.check(_autocast_loss(x, y), net, seed=0)
+    status = {p.name: p.status for p in report.params}
+    assert not report.passed
+    assert status["first.weight"] is gg.Status.FAIL or status["first.bias"] is gg.Status.FAIL
+    assert status["second.weight"] is gg.Status.PASS and status["second.bias"] is gg.Status.PASS
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_parameters_are_checked_in_their_own_dtype(dtype: torch.dtype) -> None:
+    """bfloat16 and float16 modules are no longer refused: a correct one passes with its own
+    gradient dtype, a 5% backward bug fails, and the module is left bit-identical."""
+    torch.manual_seed(0)
+    net = _Net().to(dtype)
+    x, y = torch.randn(16, 16, dtype=dtype), torch.randn(16, 1)
+    before = copy.deepcopy(net.state_dict())
+    loss = lambda m: F.mse_loss(m(x).float(), y)  # noqa: E731
+    report = gg.check(loss, net, seed=0)
+    assert report.passed, report
+    assert report.notes["gradient_dtype"] == str(dtype).removeprefix("torch.")
+    _Tanh.factor = 1.05
+    assert not gg.check(loss, net, seed=0).passed
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_compiled_model_is_checked_through_its_compiled_backward() -> None:
+    """gg.check on torch.compile(model) takes the compiled backward (a 5% bug is caught and
+    localized), adds a few graphs (3 measured), leaves the model unchanged, and the next
+    training step compiles nothing."""
+    torch.manual_seed(0)
+    _Tanh.factor = 1.05
+    net, x, y = _Net(), torch.randn(16, 16), torch.randn(16, 1)
+    compiled = torch.compile(net, backend="aot_eager")
+    loss = lambda m: F.mse_loss(m(x), y)  # noqa: E731
+    loss(compiled).backward()  # type: ignore[no-untyped-call]  # a training step: the first compile
+    before = copy.deepcopy(net.state_dict())
+    graphs = compile_counts()["unique_graphs"]
+    report = gg.check(loss, compiled, seed=0)
+    assert compile_counts()["unique_graphs"] - graphs <= 3
+    assert not report.passed
+    assert "compiled backward" in str(report.notes["gradient"])
+    assert {p.name for p in report.params if p.status is gg.Status.FAIL} <= {
+        "first.weight",
+        "first.bias",
+    }
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    after_check = compile_counts()["unique_graphs"]
+    loss(compiled).backward()  # type: ignore[no-untyped-call]
+    assert compile_counts()["unique_graphs"] == after_check
