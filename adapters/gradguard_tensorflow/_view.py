@@ -305,6 +305,7 @@ class TensorFlowView(BufferedView):
             and isinstance(program, StatelessProgram)
             and program.precision == "float64"
             and native_dtype != np.float64
+            and not self._mixed_policy()
         ):
             return self._native(flat, native_dtype)
         return flat
@@ -359,6 +360,18 @@ class TensorFlowView(BufferedView):
         )
         self._gradient_dtype = dtype
         return flat
+
+    def _mixed_policy(self) -> bool:
+        """Whether a layer computes in another dtype than its variables (``mixed_bfloat16``,
+        ``mixed_float16``): its native gradient is not a float32 one, and is not judged as
+        one; the float64 trace's gradient is used (docs/tensorflow.md, "Limits")."""
+        for root in self._roots:
+            layers = [root, *getattr(root, "_flatten_layers", lambda: [])()]
+            for layer in layers:
+                policy = getattr(layer, "dtype_policy", None)
+                if policy is not None and policy.compute_dtype != policy.variable_dtype:
+                    return True
+        return False
 
     def _draws_randomly(self) -> bool:
         """Whether the model holds random state (Keras SeedGenerators: dropout, noise)."""
