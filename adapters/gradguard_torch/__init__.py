@@ -14,6 +14,9 @@ checks on rank 0 only; and ``gradguard_collective_seed`` for a module whose para
 DTensors (FSDP2, tensor parallel): such a model is checked collectively, on every rank, with
 rank 0's seed (``gradguard_torch._sharded``, ``docs/distributed.md``).
 
+``gradguard_torch.gradcheck`` and ``gradgradcheck`` are drop-ins for torch's operator checks
+that work in float32 (:mod:`gradguard_torch.operators`, ``docs/migrating-from-gradcheck.md``).
+
 Importing this module does not import torch: a user who holds a torch object has torch in
 ``sys.modules`` already, and the claim hook looks there first (the einops pattern). The
 adapter itself (``gradguard_torch._adapter``, which imports torch) is loaded on the first
@@ -31,11 +34,15 @@ from gradguard.kit.tree import holds_any
 if TYPE_CHECKING:
     from gradguard_torch._adapter import TorchAdapter, TorchView
     from gradguard_torch._sharded import ShardedLossError
+    from gradguard_torch.operators import OperatorCheckError, gradcheck, gradgradcheck
 
 __all__ = [
+    "OperatorCheckError",
     "ShardedLossError",
     "TorchAdapter",
     "TorchView",
+    "gradcheck",
+    "gradgradcheck",
     "gradguard_adapter_claim",
     "gradguard_collective_seed",
     "gradguard_distributed_rank",
@@ -67,11 +74,15 @@ def holds_torch(params: object) -> bool:
 
 
 def __getattr__(name: str) -> Any:
-    """``TorchAdapter``, ``TorchView`` and ``ShardedLossError`` load on first use (torch)."""
+    """The adapter, the sharded error and the operator checks load on first use (torch)."""
     if name in ("TorchAdapter", "TorchView"):
         from gradguard_torch import _adapter
 
         return getattr(_adapter, name)
+    if name in ("gradcheck", "gradgradcheck", "OperatorCheckError"):
+        from gradguard_torch import operators
+
+        return getattr(operators, name)
     if name == "ShardedLossError":
         from gradguard_torch import _sharded
 

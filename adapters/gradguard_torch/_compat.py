@@ -24,6 +24,7 @@ __all__ = [
     "innermost_function_mode",
     "is_compiled_module",
     "uncompile",
+    "undefined_grad",
 ]
 
 
@@ -128,3 +129,10 @@ def compile_counts() -> dict[str, int]:
         "unique_graphs": int(counters["stats"]["unique_graphs"]),
         "frames": int(counters["frames"]["ok"]),
     }
+def undefined_grad(output: torch.Tensor) -> torch.Tensor:
+    """``output`` passed through a node whose backward hands on an *undefined* gradient.
+
+    ``gradguard_torch.gradcheck(check_undefined_grad=True)`` checks, as torch's gradcheck
+    does, that a backward accepts undefined output grads; torch has no public way to make one.
+    """
+    return torch._C._functions.UndefinedGrad()(output)  # type: ignore[no-any-return]

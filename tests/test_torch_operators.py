@@ -1,0 +1,136 @@
+"""gradguard_torch.gradcheck / gradgradcheck: torch's drop-ins that work in float32 (issue 15)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd.gradcheck import GradcheckError
+
+import gradguard_torch
+from gradguard.errors import GradientCheckError, SettingsError
+from gradguard_torch import OperatorCheckError, gradcheck, gradgradcheck
+
+
+def _inputs(*shapes: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(s, generator=g).requires_grad_(True) for s in shapes)
+
+
+class _ContiguousOnly(torch.autograd.Function):
+    """a @ b whose backward reads grad_output's memory as if it were contiguous."""
+
+    @staticmethod
+    def forward(ctx, a, b):  # type: ignore[no-untyped-def]
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def]
+        a, b = ctx.saved_tensors
+        g = torch.as_strided(g, g.shape, (g.shape[1], 1), g.storage_offset())
+        return g @ b.t(), a.t() @ g
+
+
+class _Square(torch.autograd.Function):
+    """a * a: first-order backward right, double backward 2x wrong (a saved intermediate)."""
+
+    @staticmethod
+    def forward(ctx, a):  # type: ignore[no-untyped-def]
+        y = a * a
+        ctx.save_for_backward(a, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def]
+        a, y = ctx.saved_tensors
+        return g * 2 * (y / a.detach())
+
+
+def test_correct_float32_operators_pass_without_double() -> None:
+    """Stock float32 ops pass as they are: no .double(), several outputs, a skipped input."""
+    x, w = _inputs((4, 5), (5, 3))
+    assert gradcheck(lambda a, b: torch.tanh(a @ b), (x, w)) is True
+    assert gradcheck(lambda a: torch.linalg.qr(a @ a.t() + torch.eye(4)), (x,)) is True
+    mask = torch.randn(4, 5)  # does not require grad: passed through, as torch does
+    assert gradcheck(lambda a, m: (a * m).sigmoid(), (x, mask)) is True
+    assert gradgradcheck(lambda a, b: torch.tanh(a @ b), (x, w)) is True
+
+
+def test_contiguity_bug_is_caught_and_named_where_torch_passes() -> None:
+    """A backward that assumes contiguous grads: torch's float64 gradcheck passes, ours fails."""
+    x, w = _inputs((4, 5), (5, 3))
+    x64, w64 = (t.detach().double().requires_grad_(True) for t in (x, w))
+    assert torch.autograd.gradcheck(_ContiguousOnly.apply, (x64, w64))
+    with pytest.raises(GradcheckError) as caught:
+        gradcheck(_ContiguousOnly.apply, (x, w))
+    error = caught.value
+    assert isinstance(error, OperatorCheckError) and isinstance(error, GradientCheckError)
+    assert error.report.failed == ("input 0", "input 1")
+    assert "not contiguous" in error.report["input 0"].hint
+
+
+def test_double_backward_bug_is_caught_and_localized() -> None:
+    """A wrong double backward passes gradcheck and fails gradgradcheck on input 0."""
+    (x,) = _inputs((6,))
+    assert gradcheck(_Square.apply, (x,)) is True
+    with pytest.raises(OperatorCheckError) as caught:
+        gradgradcheck(_Square.apply, (x,))
+    assert caught.value.report.failed == ("input 0",)
+    assert "2 x numeric" in caught.value.report["input 0"].hint
+    assert gradgradcheck(_Square.apply, (x,), raise_exception=False) is False
+
+
+def test_inputs_are_left_untouched_and_checked_in_a_float64_twin() -> None:
+    """The user's tensors stay bit-identical and keep requires_grad; no grad is accumulated."""
+    x, w = _inputs((3, 4), (4, 2))
+    before = (x.detach().clone(), w.detach().clone())
+    assert gradcheck(lambda a, b: (a @ b).exp(), (x, w))
+    assert torch.equal(x, before[0]) and torch.equal(w, before[1])
+    assert x.grad is None and x.requires_grad and x.dtype == torch.float32
+
+
+def test_no_input_requiring_grad_is_a_clear_error() -> None:
+    """Like torch: at least one input must require grad; the message says how."""
+    with pytest.raises(SettingsError, match="requires_grad"):
+        gradcheck(torch.sin, (torch.randn(3),))
+
+
+def test_nondeterministic_backward_is_reported_as_torch_does() -> None:
+    """A backward that differs between calls is 'not reentrant' (nondet_tol)."""
+
+    class Noisy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            return a * 2
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            return g * 2 + 1e-3 * torch.rand_like(g)
+
+    (x,) = _inputs((5,))
+    with pytest.raises(GradcheckError, match="not reentrant"):
+        gradcheck(Noisy.apply, (x,))
+
+
+def test_undefined_output_grads_are_checked() -> None:
+    """check_undefined_grad: a backward that breaks on an undefined grad fails, as in torch."""
+
+    class NeedsGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            return a * 3
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            return torch.ones_like(g) * 3 if g is None else g * 3 + (g == 0).float()
+
+    (x,) = _inputs((4,))
+    with pytest.raises(GradcheckError, match="undefined"):
+        gradcheck(NeedsGrad.apply, (x,))
+    assert gradcheck(NeedsGrad.apply, (x,), check_undefined_grad=False) is True
+
+
+def test_exported_from_the_package() -> None:
+    """gradguard_torch.gradcheck is the function (one import to switch)."""
+    assert gradguard_torch.gradcheck is gradcheck
+    assert callable(gradguard_torch.gradgradcheck)
