@@ -135,4 +135,5 @@ def undefined_grad(output: torch.Tensor) -> torch.Tensor:
     ``gradguard_torch.gradcheck(check_undefined_grad=True)`` checks, as torch's gradcheck
     does, that a backward accepts undefined output grads; torch has no public way to make one.
     """
-    return torch._C._functions.UndefinedGrad()(output)  # type: ignore[no-any-return]
+    undefined: torch.Tensor = torch._C._functions.UndefinedGrad()(output)  # type: ignore[assignment]  # typed as a list of tensors; returns one
+    return undefined

@@ -50,7 +50,7 @@ COTANGENTS = 3
 """Random unit-norm cotangents per check: one contiguous, one non-contiguous, one expanded."""
 
 _DIRECTIONS = 2
-_NUMPY = {
+_NUMPY: dict[torch.dtype, np.dtype[Any]] = {
     torch.float16: np.dtype(np.float16),
     torch.float32: np.dtype(np.float32),
     torch.float64: np.dtype(np.float64),
@@ -111,8 +111,9 @@ def _expanded(shape: torch.Size, generator: torch.Generator, like: torch.Tensor)
     small = list(shape)
     small[dim] = 1
     u = torch.randn(small, generator=generator, dtype=torch.float64)
-    u = u / (math.sqrt(shape[dim]) * u.norm())
-    return u.to(like.dtype).to(like.device).expand(shape)
+    u = u / (math.sqrt(shape[dim]) * float(u.norm()))
+    expanded: torch.Tensor = u.to(like.dtype).to(like.device).expand(shape)
+    return expanded
 
 
 def _unit(shape: torch.Size, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -186,10 +187,12 @@ class _OperatorView(FlatView):
         )
 
     def original(self, segment: int) -> FloatArray:
-        return self._originals[segment].reshape(-1).to(torch.float64).numpy().copy()
+        values: FloatArray = self._originals[segment].reshape(-1).to(torch.float64).numpy()
+        return values.copy()
 
     def _flat(self, segment: int) -> torch.Tensor:
-        return self._twin[self._diff[segment]].view(-1)
+        flat: torch.Tensor = self._twin[self._diff[segment]].view(-1)
+        return flat
 
     def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
         with torch.no_grad():  # the twin may require grad (gradgradcheck's first order)
@@ -476,7 +479,7 @@ def gradcheck(
                 nondet_tol=nondet_tol,
                 check_undefined_grad=False,
                 check_backward_ad=check_batched_grad,
-                **extras,  # type: ignore[arg-type]
+                **extras,
             )
         )
     return True
