@@ -511,11 +511,23 @@ def _check_backward(
     use_eps = eps if twin_dtype == torch.float64 else None
     settings = Settings(eps=use_eps, tolerance=rtol, directions=_DIRECTIONS, seed=seed)
     shapes = [o for o in outputs] if not outputs_none else []
+    first: CheckReport | None = None
+    reference: list[torch.Tensor] = []
     for k, cotangent in enumerate(_cotangents(shapes, count if shapes else 1, seed)):
         if not outputs_none:
             gradients = _analytic(func, tupled, diff, cotangent)
             if k == 0 and nondet_tol >= 0.0:
                 _nondeterminism(func, tupled, diff, cotangent, gradients, nondet_tol)
+        if cotangent.kind == "expanded" and first is not None:
+            # Constant along a dimension, an expanded cotangent is often in an op's null space
+            # (softmax, normalizations): finite differences would judge noise against noise.
+            # It is checked against the same values made contiguous instead.
+            plain = _Cotangent("contiguous", cotangent.values, cotangent.values)
+            contiguous = _analytic(func, tupled, diff, plain)
+            report = _stride_report(first, gradients, contiguous, reference, k, count)
+            if report is not None:
+                return report
+            continue
         kind = cotangent.kind if not outputs_none else "none (no differentiable output)"
         view = _OperatorView(
             func,
@@ -534,7 +546,62 @@ def _check_backward(
                 plain = _Cotangent("contiguous", cotangent.values, cotangent.values)
                 report = _contiguity_hint(report, gradients, _analytic(func, tupled, diff, plain))
             return report
+        if first is None:
+            first, reference = report, gradients
     return None
+
+
+# Two backward passes over the same cotangent values, one of them strided, may differ by the
+# float32 round-off of a different summation order (~1e-7 relative); this leaves 1000x.
+_STRIDE_TOLERANCE = 1e-4
+
+
+def _stride_report(
+    first: CheckReport,
+    strided: list[torch.Tensor],
+    contiguous: list[torch.Tensor],
+    reference: list[torch.Tensor],
+    k: int,
+    count: int,
+) -> CheckReport | None:
+    """A failing report when a strided cotangent gives another gradient than its copy."""
+    params, failed = [], False
+    for p, a, c, r in zip(first.params, strided, contiguous, reference, strict=True):
+        a64, c64 = a.detach().to(torch.float64), c.detach().to(torch.float64)
+        gap = (a64 - c64).reshape(-1)
+        scale = float(a64.norm() + c64.norm() + r.detach().to(torch.float64).norm())
+        difference = float(gap.norm()) / scale if scale > 0 else 0.0
+        if difference <= _STRIDE_TOLERANCE or gap.numel() == 0:
+            params.append(attrs.evolve(p, coordinates=0, directions=0, hint=""))
+            continue
+        failed = True
+        worst = int(gap.abs().argmax())
+        index = tuple(int(i) for i in np.unravel_index(worst, tuple(a.shape)))
+        params.append(
+            attrs.evolve(
+                p,
+                status=Status.FAIL,
+                difference=difference,
+                tolerance=_STRIDE_TOLERANCE,
+                worst_index=index,
+                worst_analytic=float(a64.reshape(-1)[worst]),
+                worst_numeric=float(c64.reshape(-1)[worst]),
+                hint=(
+                    "the gradient changes when grad_output is an expanded (stride-0) tensor: "
+                    "the 'numeric' column is the gradient for the same values made contiguous; "
+                    "the backward assumes a contiguous grad_output (call grad.contiguous())"
+                ),
+            )
+        )
+    if not failed:
+        return None
+    return attrs.evolve(
+        first,
+        passed=False,
+        status=Status.FAIL,
+        params=tuple(params),
+        notes={**first.notes, "cotangent": f"{k + 1} of {count}, expanded (vs contiguous)"},
+    )
 
 
 def _leaf(x: Any, i: int, diff: list[int]) -> Any:
