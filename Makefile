@@ -41,7 +41,10 @@ demo: $(STAMP)
 	@echo "=== 5. JAX: a custom_vjp with a subtle backward bug, checked and guarded in an optax loop"
 	$(PY) examples/jax_custom_vjp.py --log $(DEMO_LOGS)/jax_custom_vjp.jsonl
 	@echo
-	@echo "=== 6. gradguard report over every log the demo wrote"
+	@echo "=== 6. PyTorch operators: gradguard_torch.gradcheck as a float32 drop-in for torch's"
+	$(PY) examples/torch_gradcheck_dropin.py
+	@echo
+	@echo "=== 7. gradguard report over every log the demo wrote"
 	@$(VENV)/bin/gradguard report $(DEMO_LOGS)/*.jsonl --plot $(DEMO_LOGS)/gradcheck.png; \
 	  code=$$?; echo; \
 	  echo "gradguard report exited with $$code: 1 means a check failed (or was inconclusive), as expected here (the buggy"; \

@@ -44,3 +44,19 @@ def test_every_example_is_tested() -> None:
     sources = "".join(p.read_text() for p in pathlib.Path(__file__).parent.glob("test_*.py"))
     tested = set(re.findall(r'_run(?:_example)?\("(\w+\.py)"', sources))
     assert {p.name for p in EXAMPLES.glob("*.py")} <= tested
+
+
+def test_torch_gradcheck_dropin_catches_both_bugs_torch_passes_one() -> None:
+    """float32 drop-in: the fixed Function passes; the contiguity and double-backward bugs are
+    caught by gradguard's checks, while torch's float64 gradcheck passes both."""
+    out = _run("torch_gradcheck_dropin.py")
+    blocks = out.split("LinearTanh, bug: ")[1:]
+    none, contiguity, double = blocks
+    assert none.count("passed") == 4
+    assert re.search(r"torch.autograd.gradcheck \(float64\)\s+passed", contiguity)
+    assert re.search(
+        r"gradguard_torch.gradcheck \(float32\)\s+caught: input 0, input 1", contiguity
+    )
+    assert "not contiguous" in contiguity
+    assert re.search(r"torch.autograd.gradcheck \(float64\)\s+passed", double)
+    assert re.search(r"gradguard_torch.gradgradcheck \(float32\)\s+caught: input 0", double)
