@@ -89,6 +89,26 @@ def test_inputs_are_left_untouched_and_checked_in_a_float64_twin() -> None:
     assert x.grad is None and x.requires_grad and x.dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_use_a_float64_twin(dtype: torch.dtype) -> None:
+    """float16/bfloat16: a correct op passes, a 50% wrong backward fails, both without casts."""
+
+    class Scaled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(a)
+            return a.sin()
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            (a,) = ctx.saved_tensors
+            return g * a.cos() * 1.5
+
+    x = torch.randn(4, 6).to(dtype).requires_grad_(True)
+    assert gradcheck(lambda a: (a * 2).tanh(), (x,)) is True
+    assert gradcheck(Scaled.apply, (x,), raise_exception=False) is False
+
+
 def test_no_input_requiring_grad_is_a_clear_error() -> None:
     """Like torch: at least one input must require grad; the message says how."""
     with pytest.raises(SettingsError, match="requires_grad"):
