@@ -154,3 +154,26 @@ def test_exported_from_the_package() -> None:
     """gradguard_torch.gradcheck is the function (one import to switch)."""
     assert gradguard_torch.gradcheck is gradcheck
     assert callable(gradguard_torch.gradgradcheck)
+
+
+def test_the_private_undefined_grad_api_still_hands_on_an_undefined_grad() -> None:
+    """_compat.undefined_grad (torch._C._functions.UndefinedGrad): a Function's backward
+    behind it receives zeros (an undefined grad, materialized), and gives zero input grads."""
+    from gradguard_torch._compat import undefined_grad
+
+    seen: list[torch.Tensor] = []
+
+    class Spy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            return a * 2
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            seen.append(g)
+            return g * 2
+
+    (x,) = _inputs((3,))
+    y = undefined_grad(Spy.apply(x))
+    (grad,) = torch.autograd.grad(y, x, torch.ones(3))
+    assert torch.equal(seen[0], torch.zeros(3)) and torch.equal(grad, torch.zeros(3))
