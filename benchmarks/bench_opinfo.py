@@ -182,7 +182,7 @@ def _opinfo_table(rows: list[Any], skipped: collections.Counter[str], n_ops: int
     ratio_slow = [r[1][1] / r[3][1] for r in rows if r[3][1] > 0]
     ratio_fast = [r[1][1] / r[4][1] for r in rows if r[4][1] > 0]
     print("## 1. Correct operators: PyTorch's OpInfo database, float32 samples (CPU)\n")
-    print(f"OpInfos: {n_ops}; checked: {checked_ops} ops, {n} samples\n")
+    print(f"OpInfos: {n_ops}; checked: {n} samples of {checked_ops} distinct op names\n")
     print("| check | dtype | samples failed | false alarms (float64 slow passes) |")
     print("|---|---|---|---|")
     print(f"| gradguard_torch.gradcheck | float32 | {n - sum(r[1][0] for r in rows)} "
