@@ -177,3 +177,22 @@ def test_the_private_undefined_grad_api_still_hands_on_an_undefined_grad() -> No
     y = undefined_grad(Spy.apply(x))
     (grad,) = torch.autograd.grad(y, x, torch.ones(3))
     assert torch.equal(seen[0], torch.zeros(3)) and torch.equal(grad, torch.zeros(3))
+
+
+def test_forward_ad_and_batched_grad_are_torchs_checks_on_a_float64_twin() -> None:
+    """check_forward_ad / check_batched_grad run torch's own checks (float64 twin): a stock op
+    passes; a Function without jvp fails as in torch."""
+
+    class NoJvp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            return a * 2
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            return g * 2
+
+    (x,) = _inputs((3, 4))
+    assert gradcheck(torch.sin, (x,), check_forward_ad=True, check_batched_grad=True) is True
+    with pytest.raises(NotImplementedError, match="jvp"):
+        gradcheck(NoJvp.apply, (x,), check_forward_ad=True)
