@@ -129,6 +129,8 @@ def compile_counts() -> dict[str, int]:
         "unique_graphs": int(counters["stats"]["unique_graphs"]),
         "frames": int(counters["frames"]["ok"]),
     }
+
+
 def undefined_grad(output: torch.Tensor) -> torch.Tensor:
     """``output`` passed through a node whose backward hands on an *undefined* gradient.
 
