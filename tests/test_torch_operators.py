@@ -105,7 +105,10 @@ def test_half_precision_inputs_use_a_float64_twin(dtype: torch.dtype) -> None:
             return g * a.cos() * 1.5
 
     x = torch.randn(4, 6).to(dtype).requires_grad_(True)
-    assert gradcheck(lambda a: (a * 2).tanh(), (x,)) is True
+    # An op whose backward does not cancel in half precision: tanh's 1 - tanh(2a)**2 rounds to
+    # 0 in bfloat16 where tanh saturates, which the bfloat16 gradient noise model (measured on
+    # module zoos) does not allow for (docs/migrating-from-gradcheck.md, "Limits").
+    assert gradcheck(lambda a: (a * 2).sin(), (x,)) is True
     assert gradcheck(Scaled.apply, (x,), raise_exception=False) is False
 
 

@@ -39,7 +39,9 @@ from gradguard.engine import Settings, run_check
 from gradguard.engine.layout import Layout
 from gradguard.errors import GradientCheckError, InvalidParamsError, LossError, SettingsError
 from gradguard.kit.contract import FlatView, IndexArray
+from gradguard.kit.dtypes import least_precise
 from gradguard.results import CheckReport, Status
+from gradguard_torch._adapter import _NUMPY_DTYPES
 from gradguard_torch._compat import undefined_grad
 
 __all__ = ["OperatorCheckError", "gradcheck", "gradgradcheck"]
@@ -50,13 +52,7 @@ COTANGENTS = 3
 """Random unit-norm cotangents per check: one contiguous, one non-contiguous, one expanded."""
 
 _DIRECTIONS = 2
-_NUMPY: dict[torch.dtype, np.dtype[Any]] = {
-    torch.float16: np.dtype(np.float16),
-    torch.float32: np.dtype(np.float32),
-    torch.float64: np.dtype(np.float64),
-    # NumPy has no bfloat16; judged as float16 (8x smaller round-off: errs on the strict side).
-    torch.bfloat16: np.dtype(np.float16),
-}
+_NUMPY = _NUMPY_DTYPES  # bfloat16 as ml_dtypes' bfloat16, as the module adapter does
 
 
 class OperatorCheckError(GradientCheckError, GradcheckError):
@@ -335,8 +331,7 @@ def _check_inputs(inputs: tuple[Any, ...]) -> list[int]:
 
 
 def _least_precise(inputs: tuple[Any, ...], diff: list[int]) -> np.dtype[Any]:
-    dtypes = [_NUMPY[inputs[i].dtype] for i in diff]
-    return min(dtypes, key=lambda d: np.finfo(d).bits)
+    return least_precise(*(_NUMPY[inputs[i].dtype] for i in diff))
 
 
 def _contiguity_hint(
