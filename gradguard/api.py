@@ -16,6 +16,7 @@ from gradguard.errors import AdapterNotFoundError
 from gradguard.kit.contract import Adapter
 from gradguard.kit.lifetime import OpenView, RandomStates
 from gradguard.kit.signals import session
+from gradguard.kit.threads import NumpyBlasPinned
 from gradguard.kit.validate import check_loss_callable, describe_leaf, unclaimed_leaves
 from gradguard.logs.paths import log_file_path
 from gradguard.plugins import get_plugin_manager
@@ -181,7 +182,8 @@ def run_one(
         agreed = get_plugin_manager().hook.gradguard_collective_seed(params=params, seed=seed)
         if agreed is not None:
             settings = attrs.evolve(settings, seed=int(agreed))
-        with OpenView(adapter, params, loss, grad) as view:
+        # NumPy's BLAS threads would spin against the framework's pool (kit.threads).
+        with NumpyBlasPinned(not adapter.numpy_loss), OpenView(adapter, params, loss, grad) as view:
             report = run_check(view, settings, selection)
         notify(report, context)
     return report

@@ -5,6 +5,7 @@ Real torch throughout (CPU); the CUDA test skips cleanly without a GPU.
 
 from __future__ import annotations
 
+import math
 import pathlib
 import subprocess
 import sys
@@ -736,3 +737,72 @@ def test_custom_function_example_catches_the_gelu_bug_and_says_where() -> None:
         "hidden.weight, hidden.bias" in out
     )
     assert "fixed GELU: 2 passing checks, then the guard switched itself off" in out
+
+
+def test_shadow_probes_run_lean_when_that_gives_the_same_loss_bits(data: Any) -> None:
+    """After the determinism evaluation, a shadow whose loss needs no Float64Mode (a plain
+    Sequential) evaluates with only the root's input cast: same verdict, no mode, hooks
+    pruned; and it never leaks to the user's module."""
+    x, y = data
+    model = mlp(torch.float32)
+    view = TorchView(model, lambda m: F.mse_loss(m(x), y), None)
+    with view:
+        full = [view.evaluate(), view.evaluate()]
+        assert view._lean
+        shadow = view._shadow
+        assert shadow is not None
+        hooked = [m for m in shadow.modules() if m._forward_pre_hooks]
+        assert hooked == [shadow]  # only the root lifts x
+        assert view.evaluate() == full[0]
+        stored = view.write(0, None, view.original(0) * 1.001)
+        assert stored.shape == view.original(0).shape
+        moved = view.evaluate()
+        view.reset(0, None)
+        assert moved != full[0] and view.evaluate() == full[0]
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    report = gg.check(lambda m: F.mse_loss(m(x), y), model, seed=0)
+    assert report.passed and report.notes["evaluation"] == "float64 shadow copy"
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        lambda out, y: (out @ y.T).square().mean(),  # float64 @ float32 raises without it
+        lambda out, y: F.binary_cross_entropy_with_logits(out, torch.sigmoid(y)),  # float32
+        lambda out, y: F.mse_loss(out + 1e-3 * torch.randn(out.shape), y),  # a default dtype
+    ],
+    ids=["raises", "float32_result", "default_dtype_draw"],
+)
+def test_shadow_keeps_the_float64_mode_when_the_loss_needs_it(
+    data: Any, loss_fn: Callable[..., Any]
+) -> None:
+    """A loss whose value depends on the Float64Mode (an error, a float32 result, a float32
+    random draw without it) keeps the full machinery for every probe."""
+    x, y = data
+    view = TorchView(mlp(torch.float32), lambda m: loss_fn(m(x), y), None)
+    with view:
+        first = view.evaluate()
+        assert view.evaluate() == first
+        assert not view._lean
+    report = gg.check(lambda m: loss_fn(m(x), y), mlp(torch.float32), seed=0)
+    assert report.dtype == "float64" and report.passed, str(report)
+
+
+def test_a_lean_probe_that_fails_goes_back_to_the_float64_mode(data: Any) -> None:
+    """A loss that takes another path away from the original point (here: a float32 target
+    mixed in only when perturbed far) is evaluated again with the full machinery."""
+    x, y = data
+    far = {"on": False}
+
+    def loss(m: nn.Module) -> torch.Tensor:
+        out = m(x)
+        return (out @ y.T).square().mean() if far["on"] else F.mse_loss(out, y.double())
+
+    view = TorchView(mlp(torch.float32), loss, None)
+    with view:
+        view.evaluate()
+        view.evaluate()
+        assert view._lean
+        far["on"] = True
+        value = view.evaluate()
+        assert not view._lean and math.isfinite(value)

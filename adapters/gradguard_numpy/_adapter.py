@@ -254,6 +254,7 @@ class NumpyAdapter(Adapter):
 
     name: ClassVar[str] = "numpy"
     autodiff: ClassVar[bool] = False
+    numpy_loss: ClassVar[bool] = True  # NumPy's BLAS threads are the loss's: left alone
 
     def open(self, params: Any, loss: Callable[..., Any], grad: Any) -> FlatView:
         return NumpyView(params, loss, grad)

@@ -62,7 +62,7 @@ from gradguard_torch._precision import (
     LOW_PRECISION,
     AutocastSeen,
     Float64Mode,
-    cast_inputs,
+    InputCasts,
 )
 from gradguard_torch._tf32 import Tf32Switch
 
@@ -473,6 +473,9 @@ class TorchView(FlatView):
         self._tf32: Tf32Switch | None = None
         self._shadow: torch.nn.Module | None = None
         self._grads: _Grads | None = None
+        self._casts: InputCasts | None = None
+        self._lean = False  # shadow evaluations without the Float64Mode (see _try_lean)
+        self._lean_tried = False
         self._rng = _RngState()
         # The user's own buffers and generators, saved before anything runs: a loss that
         # calls the model from its closure updates them even while a shadow is evaluated.
@@ -506,8 +509,7 @@ class TorchView(FlatView):
             parameter.grad = None
         uncompile(shadow)  # the shadow runs eagerly: module.compile() must not follow it
         shadow.double()
-        for submodule in shadow.modules():
-            submodule.register_forward_pre_hook(cast_inputs, with_kwargs=True)
+        self._casts = InputCasts(shadow)
         by_name = dict(shadow.named_parameters())
         self._slots = [_Slot(name, t, by_name[name]) for name, t in self._entries]
         self._buffers = _Buffers(shadow)
@@ -599,12 +601,71 @@ class TorchView(FlatView):
             self._generators.replay()
         if torch.is_grad_enabled():
             torch.set_grad_enabled(False)
+        if self._lean:
+            return self._lean_evaluation()
         if self._shadow is not None:
             with Float64Mode():
                 value = self._loss(self._presented)
         else:
             value = self._loss(self._presented)
         self._buffers.watch()
+        result = self._value(self._loss_tensor(value))
+        if not self._lean_tried and self._shadow is not None and self._writes == 0:
+            self._try_lean(result)
+        return result
+
+    # -- the lean shadow evaluation ------------------------------------------------------------
+
+    def _lean_loss(self) -> torch.Tensor | None:
+        """The loss in the shadow with the lean input casts and no Float64Mode, from the
+        saved state; ``None`` when that does not give a float64 loss tensor."""
+        self._rng.replay()
+        if self._buffers.mutable:
+            self._buffers.replay()
+        if self._generators.saved:
+            self._generators.replay()
+        try:
+            value = self._loss(self._presented)
+        except Exception:  # e.g. a float32 tensor meeting a float64 one: the mode is needed
+            return None
+        finally:
+            self._buffers.watch()
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.float64:
+            return None
+        if value.numel() != 1:
+            return None
+        return value
+
+    def _try_lean(self, full: float) -> None:
+        """At the determinism evaluation: switch to the lean path if it gives the same bits.
+
+        The Float64Mode and a pre-hook on every module cost Python work per torch function
+        and per module call (2-3x a float64 forward on a model of 1,000 small tensors). If
+        the loss, evaluated with only the pre-hooks that lifted an input and without the
+        mode, gives a float64 loss bit-identical to the full machinery's at the unperturbed
+        point, nothing the mode does changes this loss (a float32 intermediate, a float32
+        default dtype or a float32 random draw would show in the bits), and the probes run
+        lean. A lean evaluation that later raises or returns anything but a float64 scalar
+        switches back to the full machinery for good and is evaluated again.
+        """
+        self._lean_tried = True
+        casts = self._casts
+        if casts is None:
+            return
+        casts.lean()
+        lean = self._lean_loss()
+        if lean is not None and float(lean.item()) == full and math.isfinite(full):
+            self._lean = True
+        else:
+            casts.full()
+
+    def _lean_evaluation(self) -> float:
+        value = self._lean_loss()
+        if value is None:  # back to the full machinery, for good
+            self._lean = False
+            assert self._casts is not None
+            self._casts.full()
+            return self.evaluate()
         return self._value(self._loss_tensor(value))
 
     def _first_evaluation(self) -> float:

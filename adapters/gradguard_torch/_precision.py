@@ -37,7 +37,7 @@ from gradguard_torch._compat import (
     innermost_function_mode,
 )
 
-__all__ = ["BFLOAT16", "LOW_PRECISION", "AutocastSeen", "Float64Mode", "cast_inputs", "to_float64"]
+__all__ = ["BFLOAT16", "LOW_PRECISION", "AutocastSeen", "Float64Mode", "InputCasts", "cast_inputs", "to_float64"]
 
 BFLOAT16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
 """bfloat16 as the engine sees it: ml_dtypes' NumPy dtype (NumPy has none of its own).
@@ -134,6 +134,48 @@ def cast_inputs(
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Forward pre-hook (``with_kwargs=True``): floating inputs of a shadow module in float64."""
     return to_float64(args), to_float64(kwargs)
+
+
+class InputCasts:
+    """:func:`cast_inputs` on every module of a shadow, and a lean set for the hot path.
+
+    A pre-hook and the :class:`Float64Mode` cost Python work on every module call and every
+    torch function: on a 1,000-tensor model, 2-3x the float64 forward itself. Most of it lifts
+    nothing (the root module lifts the input; everything below it already sees float64).
+    :meth:`lean` keeps the hooks of the modules that did lift something so far and removes
+    the others (a module without hooks takes torch's fast call path); :meth:`full` puts them
+    back. The view decides when the lean set is safe (``TorchView._try_lean``).
+    """
+
+    def __init__(self, shadow: torch.nn.Module) -> None:
+        self.lifted: set[int] = set()
+        self._modules = list(shadow.modules())
+        self._handles: dict[int, Any] = {}
+        self.full()
+
+    def _hook(
+        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        lifted_args, lifted_kwargs = cast_inputs(module, args, kwargs)
+        if lifted_args is not args or lifted_kwargs is not kwargs:
+            self.lifted.add(id(module))
+        return lifted_args, lifted_kwargs
+
+    def full(self) -> None:
+        """A hook on every module (the order among a module's hooks: ours last, as before)."""
+        for module in self._modules:
+            if id(module) not in self._handles:
+                self._handles[id(module)] = module.register_forward_pre_hook(
+                    self._hook, with_kwargs=True
+                )
+
+    def lean(self) -> None:
+        """Hooks only on the modules that lifted an input so far."""
+        for module in self._modules:
+            if id(module) not in self.lifted:
+                handle = self._handles.pop(id(module), None)
+                if handle is not None:
+                    handle.remove()
 
 
 def _is_in_place(name: str) -> bool:

@@ -177,10 +177,15 @@ class Adapter(abc.ABC):
         name: A short name for reports and logs (``"numpy"``, ``"torch"``, ...).
         autodiff: Whether the adapter can compute the analytic gradient itself
             (``check(..., grad=None)``).
+        numpy_loss: Whether the loss computes with NumPy (the NumPy adapter). Otherwise
+            NumPy's BLAS runs on one thread during the check, so that the engine's arithmetic
+            never spins threads against the framework's own pool
+            (:mod:`gradguard.kit.threads`).
     """
 
     name: ClassVar[str]
     autodiff: ClassVar[bool] = False
+    numpy_loss: ClassVar[bool] = False
 
     @abc.abstractmethod
     def open(self, params: Any, loss: Callable[..., Any], grad: Any) -> FlatView:
