@@ -67,6 +67,7 @@ test: lint typecheck docs
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_guard.py
+	$(PY) benchmarks/bench_threads.py
 	$(PY) benchmarks/bench_keras_callback.py
 	$(PY) benchmarks/bench_jax.py
 	$(PY) benchmarks/measure_tolerances.py

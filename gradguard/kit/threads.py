@@ -51,7 +51,7 @@ def _numpy_directories() -> tuple[str, ...]:
 def _built_against() -> str | None:
     """The BLAS kind NumPy was built against (``openblas``, ``mkl``, ``blis``), if it says."""
     try:
-        config = np.show_config(mode="dicts")  # type: ignore[call-arg]  # numpy >= 1.25
+        config = np.show_config(mode="dicts")  # numpy >= 1.25
         name = str(config["Build Dependencies"]["blas"]["name"]).lower()
     except Exception:  # an older NumPy, or a build that records no BLAS
         return None
