@@ -37,7 +37,15 @@ from gradguard_torch._compat import (
     innermost_function_mode,
 )
 
-__all__ = ["BFLOAT16", "LOW_PRECISION", "AutocastSeen", "Float64Mode", "InputCasts", "cast_inputs", "to_float64"]
+__all__ = [
+    "BFLOAT16",
+    "LOW_PRECISION",
+    "AutocastSeen",
+    "Float64Mode",
+    "InputCasts",
+    "cast_inputs",
+    "to_float64",
+]
 
 BFLOAT16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
 """bfloat16 as the engine sees it: ml_dtypes' NumPy dtype (NumPy has none of its own).
