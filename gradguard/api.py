@@ -109,6 +109,7 @@ def check(
     seed: int | None = None,
     tensors: list[str] | tuple[str, ...] | None = None,
     log_file: str | None = None,
+    strategy: Literal["screen", "per-tensor"] | None = None,
 ) -> CheckReport:
     """Check an analytic gradient against central differences of the loss, tensor by tensor.
 
@@ -135,6 +136,10 @@ def check(
         tensors: Check only the tensors with these names (``None``: all of them).
         log_file: Append the check's record to this JSON-lines file (a regular file; one
             that cannot be written warns once and the check goes on).
+        strategy: ``"screen"``: a few joint probes over all tensors at once, then group
+            testing, per-tensor probes and bisection only for suspect tensors (a cost that
+            does not grow with the number of tensors); ``"per-tensor"``: every tensor probed
+            on its own. ``None``: the default (see ``docs/check.md``).
 
     Returns:
         The :class:`CheckReport`; ``report.raise_for_failure()`` turns a failure into an
@@ -154,6 +159,7 @@ def check(
         directions=directions,
         seed=seed,
         tensors=tensors,
+        **({} if strategy is None else {"strategy": strategy}),
     )
     context = CheckContext(source="check", log_file=log_file_path(log_file))
     return run_one(loss, params, grad, settings, context)

@@ -77,6 +77,13 @@ class ParamReport:
         worst_analytic: The analytic partial derivative at ``worst_index``.
         worst_numeric: The central-difference estimate at ``worst_index``.
         hint: One line saying what the numbers suggest, or ``""``.
+        judged_by: How the verdict was reached: ``"screen"`` (jointly with the other
+            tensors, no probe of its own beyond its coordinates), ``"probed"`` (its own
+            directions and coordinates) or ``"bisected"`` (probed, and a failing direction
+            narrowed down to an element).
+        evaluations: Loss evaluations made with this tensor perturbed on its own
+            (coordinates, its own directions, second looks, bisection); joint probes are
+            shared and counted in the check's ``notes["screen_evaluations"]``.
     """
 
     name: str
@@ -92,6 +99,8 @@ class ParamReport:
     worst_analytic: float | None = None
     worst_numeric: float | None = None
     hint: str = ""
+    judged_by: str = "probed"
+    evaluations: int = 0
 
     @property
     def passed(self) -> bool:
@@ -115,6 +124,8 @@ class ParamReport:
             "worst_analytic": _json_float(self.worst_analytic),
             "worst_numeric": _json_float(self.worst_numeric),
             "hint": self.hint,
+            "judged_by": self.judged_by,
+            "evaluations": self.evaluations,
         }
 
 

@@ -123,6 +123,7 @@ class NumpyView(FlatView):
     """A flat view over NumPy parameters; evaluations replay NumPy's global random state."""
 
     adapter = "numpy"
+    joint_writes = True  # each tensor is written in place, independently of the others
 
     def __init__(self, params: Any, loss: Callable[..., Any], grad: Any) -> None:
         self._template = params

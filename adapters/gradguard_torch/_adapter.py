@@ -430,6 +430,7 @@ class TorchView(FlatView):
     """A flat view over a module's or a tensor container's parameters."""
 
     adapter = "torch"
+    joint_writes = True  # each tensor is written in place, independently of the others
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ from gradguard.engine.sampling import (
     sample_coordinates,
     sample_where_gradient_lives,
 )
+from gradguard.engine.screen import ScreenOutcome, screen
 from gradguard.engine.selection import Selection
 from gradguard.engine.verdict import BLIND_FACTOR, NOISE_FACTOR, Evidence, allowance, classify
 from gradguard.errors import LossError, SettingsError
@@ -63,7 +64,14 @@ if TYPE_CHECKING:
     # The contract lives in the adapter kit, one layer up; the engine only uses its methods.
     from gradguard.kit.contract import FlatView
 
-__all__ = ["DEFAULT_COORDINATES", "DEFAULT_DIRECTIONS", "Settings", "run_check"]
+__all__ = [
+    "DEFAULT_COORDINATES",
+    "DEFAULT_DIRECTIONS",
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+    "Settings",
+    "run_check",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -71,7 +79,19 @@ DEFAULT_DIRECTIONS = 2
 """Random directions per tensor in the default strategy."""
 
 DEFAULT_COORDINATES = 8
-"""Sampled coordinates in the default strategy (at least one per tensor)."""
+"""Sampled coordinates in the default strategy.
+
+Per-tensor probing takes at least one per tensor (``max(8, T)``); screening takes 8 whatever
+the number of tensors (an element-level spot check that names a worst element; a Guard's
+rotation makes them cover the model over a run).
+"""
+
+STRATEGIES = ("screen", "per-tensor")
+"""How a check spends its probes: ``"screen"`` probes every tensor jointly and only suspects
+one by one; ``"per-tensor"`` probes each tensor on its own."""
+
+DEFAULT_STRATEGY = "per-tensor"
+"""The strategy a check uses unless told otherwise."""
 
 # A loss that changes by more than this many units of round-off between two evaluations
 # at the same point is nondeterministic (dropout, augmentation), not merely noisy.
@@ -138,6 +158,13 @@ def _check_count(name: str) -> Callable[[object, attrs.Attribute[int | None], ob
     return validate
 
 
+def _check_strategy(_: object, __: attrs.Attribute[str], value: object) -> None:
+    if value not in STRATEGIES:
+        raise SettingsError(
+            f"strategy must be one of {', '.join(repr(v) for v in STRATEGIES)}, got {value!r}"
+        )
+
+
 def _check_sample(_: object, __: attrs.Attribute[object], value: object) -> None:
     if value is None or value == "all":
         return
@@ -160,6 +187,8 @@ class Settings:
         directions: Random directions per tensor, or ``None`` for the default.
         seed: Seed of the private generator, or ``None`` to draw one (it is recorded).
         tensors: Names of the tensors to check, or ``None`` for all of them.
+        strategy: ``"screen"`` (joint probes over all tensors; per-tensor probes only for
+            suspects) or ``"per-tensor"`` (every tensor probed on its own).
     """
 
     eps: float | None = attrs.field(
@@ -178,6 +207,7 @@ class Settings:
         default=None, converter=_as_builtin, validator=_check_count("seed")
     )
     tensors: tuple[str, ...] | None = attrs.field(default=None, converter=_as_names)
+    strategy: str = attrs.field(default=DEFAULT_STRATEGY, validator=_check_strategy)
 
     def __attrs_post_init__(self) -> None:
         if self.sample == 0 and self.resolved_directions == 0:
@@ -247,6 +277,10 @@ class _Run:
         self.h = 0.0
         self.tolerance = 0.0
         self.sparse_sampling = False
+        self.scale = 0.0  # the model's gradient scale (RMS of the analytic gradient)
+        self.floor_u = 0.0  # the round-off unit of the verdict's floor
+        self.spent: dict[int, int] = {}  # evaluations with tensor s perturbed on its own
+        self.bisected: set[int] = set()
 
     # -- evaluations ---------------------------------------------------------------------
 
@@ -254,6 +288,8 @@ class _Run:
         """Evaluate the loss; ``s``, ``local`` and ``step`` only name the point in an error."""
         value = self.view.evaluate()
         self.evaluations += 1
+        if s is not None:
+            self.spent[s] = self.spent.get(s, 0) + 1
         if not math.isfinite(value):
             raise LossError(
                 f"the loss is {value} {self._describe(s, local, step)}; gradients can only be "
@@ -443,38 +479,75 @@ def run_check(
     if run.jitter > _NONDETERMINISM_ULPS * run.u * max(abs(loss_a), abs(loss_b)):
         return _nondeterministic_report(run, chosen, base, started, loss_a, loss_b)
 
-    picks = _pick_coordinates(run, chosen, selection)
-    n_directions = settings.resolved_directions
-    # A tensor whose every element is a coordinate probe gains nothing from directions.
-    run.directions = [
-        [rademacher_signs(segment.size, run.rng) for _ in range(n_directions)]
-        if s in picks and len(picks[s]) < segment.size
-        else []
-        for s, segment in enumerate(layout)
-    ]
-
-    members_of = {s: _probe(run, s, picks[s]) for s in chosen}
-    first_pass = np.concatenate([members_of[s] for s in chosen]) if chosen else np.empty(0, int)
-    # The seed's number over every probe made with the user's step (seed mode reproduces it).
-    overall = relative_difference(
-        np.array(run.probes.analytic)[first_pass], np.array(run.probes.numeric)[first_pass]
-    )
     # The model's gradient scale: RMS of the analytic gradient over every element. A unit
     # direction's derivative has the same scale as one element's.
     scale = math.sqrt(float(np.dot(run.grad, run.grad)) / run.grad.size) if run.grad.size else 0.0
+    run.scale = scale
+    run.floor_u = max(run.u, _GRADIENT_FLOOR_SHARE * run.u_grad)
+    n_directions = settings.resolved_directions
+    screening = _screens(run, n_directions)
+    picks = _pick_coordinates(run, chosen, selection, screening)
+    outcome: ScreenOutcome | None = None
+    coordinate_members: dict[int, npt.NDArray[np.intp]] = {}
+    probed = chosen
+    if screening:
+        run.directions = [[] for _ in layout]  # coordinates first; directions for suspects
+        coordinate_members = {s: _probe(run, s, picks[s]) for s in chosen}
+        outcome = screen(
+            run,
+            chosen,
+            n_directions,
+            {s: _evidence(run, coordinate_members[s], scale) for s in chosen},
+        )
+        probed = outcome.suspects
+    own = set(probed)
+    # A tensor whose every element is a coordinate probe gains nothing from directions.
+    run.directions = [
+        [rademacher_signs(segment.size, run.rng) for _ in range(n_directions)]
+        if s in own and s in picks and len(picks[s]) < segment.size
+        else []
+        for s, segment in enumerate(layout)
+    ]
+    if screening:
+        no_coordinates = np.empty(0, dtype=np.intp)
+        members_of = {
+            s: np.concatenate([coordinate_members[s], _probe(run, s, no_coordinates)])
+            if s in own
+            else coordinate_members[s]
+            for s in chosen
+        }
+    else:
+        members_of = {s: _probe(run, s, picks[s]) for s in chosen}
+    first_pass = np.concatenate([members_of[s] for s in chosen]) if chosen else np.empty(0, int)
+    # The seed's number over every probe made with the user's step (seed mode reproduces it).
+    analytic_all = np.array(run.probes.analytic)[first_pass]
+    numeric_all = np.array(run.probes.numeric)[first_pass]
+    if outcome is not None:
+        analytic_all = np.concatenate([analytic_all, outcome.analytic])
+        numeric_all = np.concatenate([numeric_all, outcome.numeric])
+    overall = relative_difference(analytic_all, numeric_all)
 
-    judgements = _judge_all(run, chosen, members_of, scale)
-    retry = [s for s in chosen if judgements[s].status is Status.INCONCLUSIVE]
-    if retry and not run.relative_step:
-        judgements.update(_retry_with_dtype_step(run, retry, picks, scale, judgements))
-    widened = _widen_step(run, chosen, picks, scale, judgements)
-    judgements.update(widened)
-    judgements = _name_arrangement_mistakes(run, judgements, members_of, scale)
+    judgements: dict[int, _Judgement] = {}
+    retry: list[int] = []
+    widened: dict[int, _Judgement] = {}
+    if probed:
+        judgements = _judge_all(run, probed, members_of, scale)
+        retry = [s for s in probed if judgements[s].status is Status.INCONCLUSIVE]
+        if retry and not run.relative_step:
+            judgements.update(_retry_with_dtype_step(run, retry, picks, scale, judgements))
+        widened = _widen_step(run, probed, picks, scale, judgements)
+        judgements.update(widened)
+        judgements = _name_arrangement_mistakes(run, judgements, members_of, scale)
+    if outcome is not None:
+        for s, (e, cleared) in outcome.cleared.items():
+            judgements[s] = _screened(run, s, coordinate_members[s], e, cleared)
 
     reports = []
     for s in chosen:
         segment = layout[s]
         judgement = judgements[s]
+        screened = outcome is not None and s in outcome.cleared
+        judged_by = "screen" if screened else "bisected" if s in run.bisected else "probed"
         reports.append(
             ParamReport(
                 name=segment.name,
@@ -484,12 +557,14 @@ def run_check(
                 difference=judgement.difference,
                 tolerance=run.tolerance,
                 coordinates=len(picks[s]),
-                directions=len(run.directions[s]),
+                directions=n_directions if screened else len(run.directions[s]),
                 kinks=judgement.kinks,
                 worst_index=judgement.worst_index,
                 worst_analytic=judgement.worst_analytic,
                 worst_numeric=judgement.worst_numeric,
                 hint=judgement.hint,
+                judged_by=judged_by,
+                evaluations=run.spent.get(s, 0),
             )
         )
     status = overall_status(reports)
@@ -500,6 +575,14 @@ def run_check(
         notes["step_widened"] = ", ".join(sorted(layout[s].name for s in widened))
     if run.sparse_sampling:
         notes["coordinates"] = "half among elements with a non-zero analytic gradient"
+    if outcome is not None:
+        notes["strategy"] = "screen"
+        notes["screen_evaluations"] = outcome.evaluations
+        notes["screen_suspects"] = len(outcome.suspects)
+    elif settings.strategy == "screen":
+        notes["strategy"] = (
+            "per-tensor (screening needs directions and a view that perturbs tensors jointly)"
+        )
     return CheckReport(
         passed=status.passed,
         status=status,
@@ -547,14 +630,54 @@ def _check_step(run: _Run, chosen: list[int], eps: float) -> None:
         )
 
 
+def _screens(run: _Run, n_directions: int) -> bool:
+    """Whether this check screens: asked for, with directions, on a view that allows it."""
+    return (
+        run.settings.strategy == "screen"
+        and n_directions > 0
+        and run.settings.sample != "all"
+        and bool(getattr(run.view, "joint_writes", False))
+    )
+
+
+def _screened(
+    run: _Run, s: int, coordinates: npt.NDArray[np.intp], e: Evidence, status: Status
+) -> _Judgement:
+    """The judgement of a tensor the screen cleared (pass or zero), no further evaluation."""
+    p = run.probes
+    segment = run.layout[s]
+    worst = None
+    if coordinates.size:
+        gaps = [abs(p.numeric[int(i)] - p.analytic[int(i)]) for i in coordinates]
+        i = int(coordinates[int(np.argmax(gaps))])
+        worst = (segment.unravel(p.local[i]), p.analytic[i], p.numeric[i])
+    if status is Status.ZERO:
+        difference = e.zero_difference()
+        hint = zero_hint(all_analytic_zero=not bool(np.any(run.segment_grad(s))))
+    else:
+        difference = relative_difference(e.analytic, e.numeric)
+        hint = ""
+    return _Judgement(
+        status=status,
+        difference=difference,
+        kinks=0,
+        worst_index=None if worst is None else worst[0],
+        worst_analytic=None if worst is None else worst[1],
+        worst_numeric=None if worst is None else worst[2],
+        hint=hint,
+    )
+
+
 def _pick_coordinates(
-    run: _Run, chosen: list[int], selection: Selection | None
+    run: _Run, chosen: list[int], selection: Selection | None, screening: bool = False
 ) -> dict[int, npt.NDArray[np.intp]]:
     """The coordinates each chosen tensor is probed at.
 
-    Without a front door's selection, half of a tensor's coordinates are drawn among its
-    elements with a non-zero analytic gradient, when it has both kinds (a sparse embedding: a
-    uniform draw lands on zero rows, where a wrong gradient cannot show).
+    Per-tensor probing takes at least one coordinate per tensor; screening a budget that does
+    not grow with the number of tensors. Without a front door's selection, half of a tensor's
+    coordinates are drawn among its elements with a non-zero analytic gradient, when it has
+    both kinds (a sparse embedding: a uniform draw lands on zero rows, where a wrong gradient
+    cannot show).
     """
     layout, settings = run.layout, run.settings
     sizes = [layout[s].size for s in chosen]
@@ -562,7 +685,7 @@ def _pick_coordinates(
         counts = list(sizes)
     else:
         k = DEFAULT_COORDINATES if settings.sample is None else int(settings.sample)
-        if settings.sample is None:
+        if settings.sample is None and not screening:
             k = max(k, len(sizes))
         counts = allocate(sizes, k, run.rng)
     if selection is not None:
@@ -928,6 +1051,7 @@ def _finish(
         if direction_rows.size and segment.size > 1:
             j = int(direction_rows[np.argmax(gap[direction_rows] - allowed[direction_rows])])
             signs = run.directions[s][p.local[members[j]]]
+            run.bisected.add(s)
             found = _bisect(run, s, signs.astype(np.float64) / math.sqrt(signs.size))
             if found.flat is not None and _agrees_outside(run, s, found.flat, e):
                 confined = found.confined

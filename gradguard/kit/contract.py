@@ -29,7 +29,9 @@ The engine calls a view in this order, and an adapter may rely on it (the confor
 7. Probes, one tensor at a time: ``write`` / ``write_element`` on tensor ``s``, then
    ``evaluate()``, possibly more writes to the same tensor and evaluations, then ``reset`` /
    ``reset_element`` of every position written, before any other tensor is written. At most
-   one tensor differs from its original values at any evaluation.
+   one tensor differs from its original values at any evaluation, unless the view sets
+   :attr:`FlatView.joint_writes`: then a joint probe writes whole tensors (``index=None``),
+   several or all of them, evaluates, writes them again, evaluates, and resets each one.
 8. ``notes``, read once, after the last evaluation.
 9. ``restore()`` through ``__exit__``: always, also when any step above raised, possibly in
    the middle of a probe (a tensor still perturbed).
@@ -73,6 +75,13 @@ class FlatView(abc.ABC):
 
     layout: Layout
     adapter: str
+    joint_writes: ClassVar[bool] = False
+    """Whether several tensors may differ from their originals at one evaluation.
+
+    The engine's screening strategy perturbs every tensor at once; a view that can hold only
+    one perturbed tensor at a time (a buffered view over immutable arrays) leaves this
+    ``False`` and is checked tensor by tensor.
+    """
 
     @abc.abstractmethod
     def original(self, segment: int) -> FloatArray:

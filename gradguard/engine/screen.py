@@ -1,0 +1,382 @@
+"""Joint screening: every tensor probed at once; probes spent only where the screen is suspect.
+
+A *joint probe* perturbs every screened tensor at once along one random direction
+``D = sum_t d_t`` and compares ``(J(theta + D) - J(theta - D)) / 2`` with ``g . D``. Its cost is
+two evaluations whatever the number of tensors. Each tensor's part is shaped so that its share
+of ``g . D`` is comparable to the others' and adds to them:
+
+- ``d_t = sign_t * alpha_t * step_t * u_t``, with ``u_t`` a Rademacher unit vector over the
+  tensor and ``step_t`` the step a per-tensor probe of ``t`` would take;
+- ``sign_t`` is the sign of ``g_t . u_t``, so every share is positive and none cancels another
+  (a near-zero sum would make the relative difference meaningless);
+- ``alpha_t = min(1, m / (step_t |g_t . u_t|))`` with ``m`` the median share at full step: the
+  tensors with a large gradient are scaled down to the median share, the others keep their own
+  full step (the floor: a tensor whose gradient is ~0 is perturbed as its own probe would be,
+  not blown up by ``1 / |g_t|``).
+
+**Attribution.** The screen's discrepancy ``delta = numeric - analytic`` is the sum of every
+tensor's error along its part. For tensor ``t`` the screen is read as if the whole discrepancy
+were its own, in the units of its own unit direction (divided by ``alpha_t step_t``): analytic
+``|g_t . u_t|``, numeric ``|g_t . u_t| + delta / (alpha_t step_t)``, noise likewise scaled. The
+verdict's own rules (:func:`gradguard.engine.verdict.classify`) then say whether the screen
+clears the tensor (pass or zero), could not see it at the tolerance (inconclusive: the tensor is
+probed on its own), or fails (something somewhere is wrong). A wrong tensor's error shows in
+every tensor's attributed evidence, so a failing screen is followed by *group testing*: the
+failing probe restricted to half of a group, the other half's discrepancy being the group's
+minus that half's (two evaluations per level), down to single tensors. Those *suspects* and
+every tensor the screen could not clear go to the per-tensor probes and element bisection of
+:mod:`gradguard.engine.check`; the others are judged again on the screen's discrepancy minus the
+suspects' measured shares.
+
+**Noise.** A-priori round-off of the two evaluations (as for every probe), plus for an analytic
+gradient less precise than the loss (float32 backprop, float64 shadow) the gradient's round-off
+over all shares, which adds as independent errors (root sum of squares). A loss not computed in
+float64 also gets a second look at half the step for every joint probe; the change between the
+two steps (truncation and measured round-off) joins the noise.
+
+``docs/numerics.md`` has the measurements behind the constants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from gradguard.engine.sampling import rademacher_signs
+from gradguard.engine.verdict import Evidence, allowance, classify
+from gradguard.errors import LossError
+from gradguard.results import Status
+
+if TYPE_CHECKING:
+    from gradguard.engine.check import _Run
+
+__all__ = ["ScreenOutcome", "gradient_dots", "screen"]
+
+FloatArray = npt.NDArray[np.float64]
+
+# The round-off of a less precise analytic gradient along a joint direction, in units of its
+# dtype's round-off times the root sum of squares of the shares. float32 backprop on the
+# decoder and MLP benchmarks stays within 1 unit (docs/numerics.md); the per-probe bound of
+# the per-tensor path (32 units of |a|) would make every screen of more than ~50 tensors blind.
+_SCREEN_GRADIENT_ULPS = 4.0
+# A tensor whose share at full step is below this fraction of the median share is treated as
+# having no gradient along its direction: full step, sign +1.
+_SHARE_FLOOR = 1e-12
+
+
+def gradient_dots(run: _Run, parts: Mapping[int, FloatArray]) -> dict[int, float]:
+    """``g_t . v_t`` for each tensor ``t`` and vector ``v_t`` of ``parts``.
+
+    The one place the screen computes an analytic directional derivative: a view that holds
+    the gradient elsewhere (sharded over processes) can serve it here.
+    """
+    return {s: float(np.dot(run.segment_grad(s), v)) for s, v in parts.items()}
+
+
+@attrs.define
+class _Direction:
+    """One joint direction: each tensor's signed, scaled part."""
+
+    signs: dict[int, npt.NDArray[np.int8]]
+    steps: dict[int, float]  # the signed step along u_t = signs / sqrt(n): sign * alpha * step
+    units: dict[int, float]  # |alpha_t step_t|: one unit of tensor t's own direction
+
+
+@attrs.define
+class _Joint:
+    """One joint probe over a set of tensors: its discrepancy and its noise."""
+
+    members: tuple[int, ...]
+    numeric: float
+    analytic: float
+    shares: dict[int, float]  # g_t . (x+ - x-) / 2, per tensor
+    noise: float
+
+    @property
+    def delta(self) -> float:
+        return self.numeric - self.analytic
+
+
+@attrs.frozen
+class ScreenOutcome:
+    """What the screen decided.
+
+    Attributes:
+        cleared: Tensors the screen judged on its own, with their evidence and status
+            (pass or zero).
+        suspects: Tensors to probe on their own: named by group testing, or not resolved by
+            the screen at the tolerance.
+        evaluations: Loss evaluations spent on joint probes (shared by all tensors).
+        probes: Joint probes made (screening and group testing).
+        isolated: Tensors named by group testing (a subset of ``suspects``).
+        analytic: The screening probes' analytic derivatives per unit length of the joint
+            direction (for the check's overall difference).
+        numeric: Their central differences, likewise.
+    """
+
+    cleared: dict[int, tuple[Evidence, Status]]
+    suspects: list[int]
+    evaluations: int
+    probes: int
+    isolated: tuple[int, ...]
+    analytic: FloatArray
+    numeric: FloatArray
+
+
+def screen(
+    run: _Run,
+    chosen: Sequence[int],
+    count: int,
+    coordinate_evidence: Mapping[int, Evidence],
+) -> ScreenOutcome:
+    """Screen ``chosen`` with ``count`` joint probes; group-test when the screen fails.
+
+    Args:
+        run: The running check (its view, gradient, step and noise model).
+        chosen: Layout positions of the tensors to screen.
+        count: Joint probes to make (the check's directions per tensor).
+        coordinate_evidence: Each tensor's coordinate probes, judged with its screen rows.
+    """
+    started = run.evaluations
+    tensors = [s for s in chosen if run.layout[s].size > 0]
+    directions = [_draw(run, tensors) for _ in range(count)]
+    probes = [_probe(run, d, tensors) for d in directions]
+    if not _is_float64_loss(run):
+        for d, p in zip(directions, probes, strict=True):
+            half = _probe(run, d, tensors, scale=0.5)
+            p.noise += abs(p.delta - half.delta)  # both in units of the full step
+    made = len(probes) * (1 if _is_float64_loss(run) else 2)
+    lengths = [math.sqrt(sum(step * step for step in d.steps.values())) or 1.0 for d in directions]
+    analytic = np.array([p.analytic / n for p, n in zip(probes, lengths, strict=True)])
+    numeric = np.array([p.numeric / n for p, n in zip(probes, lengths, strict=True)])
+    statuses = {
+        s: classify(_attributed(run, s, probes, directions, coordinate_evidence)) for s in tensors
+    }
+    isolated: list[int] = []
+    if any(status is Status.FAIL for status in statuses.values()):
+        k = int(np.argmax([abs(p.delta) / max(p.noise, 1e-300) for p in probes]))
+        found: dict[int, float] = {}
+        made += _group_test(run, directions[k], probes[k], found, coordinate_evidence)
+        isolated = sorted(found)
+        residual = []
+        for j, (d, p) in enumerate(zip(directions, probes, strict=True)):
+            explained, noise = 0.0, p.noise
+            for s in isolated:
+                if j == k:
+                    part = found[s]
+                    share_noise = 0.0
+                else:
+                    one = _probe(run, d, [s])
+                    made += 1
+                    part, share_noise = one.delta, one.noise
+                explained += part
+                noise = math.hypot(noise, share_noise)
+            rest = tuple(s for s in p.members if s not in found)
+            residual.append(
+                _Joint(
+                    rest,
+                    p.numeric,
+                    p.analytic + explained,
+                    {s: p.shares[s] for s in rest},
+                    noise,
+                )
+            )
+        probes = residual
+        statuses = {
+            s: classify(_attributed(run, s, probes, directions, coordinate_evidence))
+            for s in tensors
+            if s not in found
+        }
+    cleared: dict[int, tuple[Evidence, Status]] = {}
+    suspects = list(isolated)
+    for s in tensors:
+        if s in isolated:
+            continue
+        e = _attributed(run, s, probes, directions, coordinate_evidence)
+        status = statuses[s]
+        if status in (Status.PASS, Status.ZERO):
+            cleared[s] = (e, status)
+        else:
+            suspects.append(s)
+    # Tensors with no elements have nothing to screen: they go the per-tensor way (a no-op).
+    suspects.extend(s for s in chosen if run.layout[s].size == 0)
+    order = {s: i for i, s in enumerate(chosen)}
+    return ScreenOutcome(
+        cleared=cleared,
+        suspects=sorted(suspects, key=order.__getitem__),
+        evaluations=run.evaluations - started,
+        probes=made,
+        isolated=tuple(isolated),
+        analytic=analytic,
+        numeric=numeric,
+    )
+
+
+def _is_float64_loss(run: _Run) -> bool:
+    return bool(np.dtype(run.view.loss_dtype) == np.float64)
+
+
+def _draw(run: _Run, tensors: Sequence[int]) -> _Direction:
+    """A random joint direction, preconditioned and sign-aligned (module docstring)."""
+    signs = {s: rademacher_signs(run.layout[s].size, run.rng) for s in tensors}
+    base = {s: _base_step(run, s) for s in tensors}
+    dots = gradient_dots(run, {s: v.astype(np.float64) for s, v in signs.items()})
+    full = {s: base[s] * abs(dots[s]) / math.sqrt(signs[s].size) for s in tensors}
+    positive = [a for a in full.values() if a > 0.0]
+    median = float(np.median(positive)) if positive else 0.0
+    steps, units = {}, {}
+    for s in tensors:
+        share = full[s]
+        if share > _SHARE_FLOOR * median:
+            alpha = min(1.0, median / share)
+            sign = 1.0 if dots[s] > 0.0 else -1.0
+        else:
+            alpha, sign = 1.0, 1.0
+        steps[s] = sign * alpha * base[s]
+        units[s] = alpha * base[s]
+    return _Direction(signs, steps, units)
+
+
+def _base_step(run: _Run, s: int) -> float:
+    """The step a per-tensor direction probe of ``s`` takes (check.py's ``direction``)."""
+    return run.h * (max(1.0, run.rms[s]) if run.relative_step else 1.0)
+
+
+def _probe(run: _Run, d: _Direction, members: Sequence[int], scale: float = 1.0) -> _Joint:
+    """Two evaluations with every tensor of ``members`` moved along its part of ``d``."""
+    view = run.view
+    plus: dict[int, FloatArray] = {}
+    moves: dict[int, FloatArray] = {}
+    for s in members:
+        move = d.signs[s].astype(np.float64) * (d.steps[s] * scale / math.sqrt(d.signs[s].size))
+        moves[s] = move
+        plus[s] = np.array(view.write(s, None, run.originals[s] + move), dtype=np.float64)
+    j_plus = _evaluate(run, members, +1)
+    spans: dict[int, FloatArray] = {}
+    for s in members:
+        minus = view.write(s, None, run.originals[s] - moves[s])
+        spans[s] = (plus[s] - minus) / 2.0  # the steps actually stored, rounded to the dtype
+    j_minus = _evaluate(run, members, -1)
+    for s in members:
+        view.reset(s, None)
+    shares = gradient_dots(run, spans)
+    numeric = (j_plus - j_minus) / 2.0
+    analytic = float(sum(shares.values()))
+    noise = run.noise(j_plus, j_minus) / 2.0
+    if run.u_grad > run.u:
+        squares = float(sum(a * a for a in shares.values()))
+        noise += _SCREEN_GRADIENT_ULPS * run.u_grad * math.sqrt(squares)
+    # Measured at scale: report in units of the full step, like the per-tensor second look.
+    return _Joint(
+        tuple(members),
+        numeric / scale,
+        analytic / scale,
+        {s: a / scale for s, a in shares.items()},
+        noise / scale,
+    )
+
+
+def _evaluate(run: _Run, members: Sequence[int], sign: int) -> float:
+    value = run.view.evaluate()
+    run.evaluations += 1
+    if not math.isfinite(value):
+        names = ", ".join(run.layout[s].name for s in members[:5])
+        more = f" and {len(members) - 5} more" if len(members) > 5 else ""
+        raise LossError(
+            f"the loss is {value} when {names}{more} are perturbed jointly by "
+            f"{'+' if sign > 0 else '-'}{run.h:.3g} x their scale; gradients can only be "
+            "checked where the loss is finite (check the inputs, a log of 0, an overflow in "
+            "exp), or pass strategy='per-tensor'"
+        )
+    return value
+
+
+def _attributed(
+    run: _Run,
+    s: int,
+    probes: Sequence[_Joint],
+    directions: Sequence[_Direction],
+    coordinate_evidence: Mapping[int, Evidence],
+) -> Evidence:
+    """Tensor ``s``'s evidence: every joint discrepancy taken as its own, in its own units."""
+    rows_a, rows_n, rows_e = [], [], []
+    for p, d in zip(probes, directions, strict=True):
+        unit = d.units[s]
+        a = p.shares[s] / unit
+        rows_a.append(a)
+        rows_n.append(a + p.delta / unit)
+        rows_e.append(p.noise / unit)
+    coordinates = coordinate_evidence.get(s)
+    e = Evidence(
+        np.array(rows_a),
+        np.array(rows_n),
+        np.array(rows_e),
+        run.tolerance,
+        run.scale,
+        run.floor_u,
+    )
+    if coordinates is None or coordinates.size == 0:
+        return e
+    e.analytic = np.concatenate([coordinates.analytic, e.analytic])
+    e.numeric = np.concatenate([coordinates.numeric, e.numeric])
+    e.noise = np.concatenate([coordinates.noise, e.noise])
+    return e
+
+
+def _group_test(
+    run: _Run,
+    d: _Direction,
+    p: _Joint,
+    found: dict[int, float],
+    coordinate_evidence: Mapping[int, Evidence],
+) -> int:
+    """Split ``p``'s tensors until the failing ones stand alone; their discrepancies in ``found``.
+
+    Returns the joint probes made (one per split: the other half is the difference).
+    """
+    made = 0
+    pending = [p]
+    while pending:
+        group = pending.pop()
+        if not _fails(run, group, d, coordinate_evidence):
+            continue
+        if len(group.members) == 1:
+            found[group.members[0]] = group.delta
+            continue
+        half = len(group.members) // 2
+        left = _probe(run, d, group.members[:half])
+        made += 1
+        right_members = group.members[half:]
+        right = _Joint(
+            right_members,
+            group.numeric - left.numeric,
+            group.analytic - left.analytic,
+            {s: group.shares[s] for s in right_members},
+            math.hypot(group.noise, left.noise),
+        )
+        pending.extend([right, left])
+    return made
+
+
+def _fails(
+    run: _Run, group: _Joint, d: _Direction, coordinate_evidence: Mapping[int, Evidence]
+) -> bool:
+    """Whether a group's discrepancy fails some member when taken as that member's own."""
+    del coordinate_evidence  # coordinates judge tensors, not groups
+    units = np.array([d.units[s] for s in group.members])
+    analytic = np.array([group.shares[s] for s in group.members]) / units
+    # One row per member: the verdict's rule 1 for a single probe is its per-probe allowance.
+    e = Evidence(
+        analytic,
+        analytic + group.delta / units,
+        group.noise / units,
+        run.tolerance,
+        run.scale,
+        run.floor_u,
+    )
+    return bool(np.any(np.abs(e.numeric - e.analytic) > allowance(e)))
