@@ -7,7 +7,9 @@ failing beside a real bug. Also reported: the largest relative difference that a
 tensor reaches with the default step (the raw first look, before the noise-aware second
 look), which is what a fixed tolerance without a second look would have to clear.
 
-Run: ``python benchmarks/measure_tolerances.py [--seeds N]``. Results: docs/numerics.md.
+Each sweep runs with both strategies (``--strategy`` picks one).
+
+Run: ``python benchmarks/measure_tolerances.py [--seeds N] [--strategy S]``. Results: docs/numerics.md.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
 import gradguard as gg
+from gradguard.engine import STRATEGIES
 from gradguard.engine.numerics import default_tolerance
 from zoo import numpy_models
 
 CANDIDATES = {"float64": (1e-6, 1e-7, 1e-8), "float32": (3e-2, 1e-2, 3e-3, 1e-3)}
 
 
-def sweep(dtype: str, tolerance: float, seeds: int) -> tuple[int, ...] | tuple[float, ...]:
+def sweep(
+    dtype: str, tolerance: float, seeds: int, strategy: str
+) -> tuple[int, ...] | tuple[float, ...]:
     """Checks, false alarms, inconclusive correct checks, misses, unseen, extra, evaluations.
 
     A *false alarm* is a correct model with a failing tensor; an *inconclusive* correct check
@@ -40,7 +45,14 @@ def sweep(dtype: str, tolerance: float, seeds: int) -> tuple[int, ...] | tuple[f
     evaluations = []
     for case in cases:
         for seed in range(seeds):
-            report = gg.check(case.loss, case.params, case.grad, seed=seed, tolerance=tolerance)
+            report = gg.check(
+                case.loss,
+                case.params,
+                case.grad,
+                seed=seed,
+                tolerance=tolerance,
+                strategy=strategy,  # type: ignore[arg-type]
+            )
             evaluations.append(report.evaluations)
             failed, corrupted = set(report.failed), set(case.corrupted)
             blind = set(report.inconclusive)
@@ -68,23 +80,28 @@ def worst_correct_difference(dtype: str, seeds: int) -> list[tuple[float, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=30)
+    parser.add_argument(
+        "--strategy", choices=[*STRATEGIES, "both"], default="both", help="default: both"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     print(f"# Tolerance sweep on the zoo ({args.seeds} seeds per case)\n")
     print(
-        "| dtype | tolerance | checks | false alarms | inconclusive | missed tensors "
-        "| unseen tensors | extra | evaluations |"
+        "| dtype | tolerance | strategy | checks | false alarms | inconclusive "
+        "| missed tensors | unseen tensors | extra | evaluations |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    strategies = STRATEGIES if args.strategy == "both" else (args.strategy,)
     for dtype, tolerances in CANDIDATES.items():
         default = default_tolerance(dtype)
         for tol in tolerances:
-            n, fa, blind, miss, unseen, extra, evals = sweep(dtype, tol, args.seeds)
-            mark = " (default)" if tol == default else ""
-            print(
-                f"| {dtype} | {tol:g}{mark} | {n} | {fa} | {blind} | {miss} | {unseen} "
-                f"| {extra} | {evals:.0f} |"
-            )
+            for strategy in strategies:
+                n, fa, blind, miss, unseen, extra, evals = sweep(dtype, tol, args.seeds, strategy)
+                mark = " (default)" if tol == default else ""
+                print(
+                    f"| {dtype} | {tol:g}{mark} | {strategy} | {n} | {fa} | {blind} | {miss} "
+                    f"| {unseen} | {extra} | {evals:.0f} |"
+                )
     for dtype in CANDIDATES:
         print(f"\nLargest first-look difference of correct tensors, {dtype}:\n")
         for value, key in worst_correct_difference(dtype, min(args.seeds, 10))[:6]:

@@ -281,6 +281,7 @@ class _Run:
         self.floor_u = 0.0  # the round-off unit of the verdict's floor
         self.spent: dict[int, int] = {}  # evaluations with tensor s perturbed on its own
         self.bisected: set[int] = set()
+        self.screening = False  # the check screens tensors jointly (strategy "screen")
 
     # -- evaluations ---------------------------------------------------------------------
 
@@ -486,6 +487,7 @@ def run_check(
     run.floor_u = max(run.u, _GRADIENT_FLOOR_SHARE * run.u_grad)
     n_directions = settings.resolved_directions
     screening = _screens(run, n_directions)
+    run.screening = screening
     picks = _pick_coordinates(run, chosen, selection, screening)
     outcome: ScreenOutcome | None = None
     coordinate_members: dict[int, npt.NDArray[np.intp]] = {}
@@ -1199,7 +1201,8 @@ def _bisect(run: _Run, s: int, v: FloatArray) -> _Bisection:
     """Narrow a failing direction down to one element by halving its support.
 
     The discrepancy along a direction is the sum of the per-element errors it touches, so
-    it follows the half that carries the larger share; each level costs two probes. While
+    it follows the half that carries the larger share; each level costs two probes (one
+    below the first level when screening: the other half is the parent's minus it). While
     one half carries nearly all of the discrepancy, the error is *confined* to it; the
     first level where both halves carry a real share ends the confined block (a whole
     wrong row ends there; a factor bug spread over the tensor ends at the top).
@@ -1207,23 +1210,33 @@ def _bisect(run: _Run, s: int, v: FloatArray) -> _Bisection:
     segment = run.layout[s]
     support = np.arange(segment.size, dtype=np.intp)
     block: npt.NDArray[np.intp] | None = None
+    # Screening infers the second half's discrepancy as the parent's minus the first half's
+    # (the discrepancy is linear in the direction): one probe per level below the first.
+    infer = run.screening
+    parent: tuple[float, float] | None = None  # the chosen half's (discrepancy, noise)
     while support.size > 1:
         halves = (support[: support.size // 2], support[support.size // 2 :])
-        shares = []
-        for half in halves:
+        measured: list[tuple[float, float]] = []
+        for k, half in enumerate(halves):
+            if k == 1 and infer and parent is not None:
+                first = measured[0]
+                measured.append((parent[0] - first[0], math.hypot(parent[1], first[1])))
+                continue
             restricted = np.zeros_like(v)
             restricted[half] = v[half]
             norm = float(np.linalg.norm(restricted))
             if norm == 0.0:
-                shares.append(0.0)
+                measured.append((0.0, 0.0))
                 continue
             d = run.direction(s, restricted / norm)
-            # Discrepancy per unit of the original direction, beyond what noise explains.
-            shares.append(norm * max(0.0, abs(d.numeric - d.analytic) - NOISE_FACTOR * d.roundoff))
+            measured.append((norm * (d.numeric - d.analytic), norm * d.roundoff))
+        # Discrepancy per unit of the original direction, beyond what noise explains.
+        shares = [max(0.0, abs(gap) - NOISE_FACTOR * noise) for gap, noise in measured]
         larger = int(np.argmax(shares))
         if block is None and shares[larger] < _CONFINED_SHARE * sum(shares):
             block = support
         support = halves[larger]
+        parent = measured[larger]
     local = int(support[0])
     d = run.coordinate(s, local)
     element = (segment.unravel(local), d.analytic, d.numeric)
