@@ -9,7 +9,8 @@ look), which is what a fixed tolerance without a second look would have to clear
 
 Each sweep runs with both strategies (``--strategy`` picks one).
 
-Run: ``python benchmarks/measure_tolerances.py [--seeds N] [--strategy S]``. Results: docs/numerics.md.
+Run: ``python benchmarks/measure_tolerances.py [--seeds N] [--strategy S]``.
+Results: docs/numerics.md.
 """
 
 from __future__ import annotations

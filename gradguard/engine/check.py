@@ -1219,8 +1219,8 @@ def _bisect(run: _Run, s: int, v: FloatArray) -> _Bisection:
         measured: list[tuple[float, float]] = []
         for k, half in enumerate(halves):
             if k == 1 and infer and parent is not None:
-                first = measured[0]
-                measured.append((parent[0] - first[0], math.hypot(parent[1], first[1])))
+                probed = measured[0]
+                measured.append((parent[0] - probed[0], math.hypot(parent[1], probed[1])))
                 continue
             restricted = np.zeros_like(v)
             restricted[half] = v[half]
