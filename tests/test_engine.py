@@ -205,8 +205,12 @@ def test_bisection_names_the_single_wrong_element() -> None:
     assert report.evaluations < 150
 
 
-def test_default_check_of_a_million_parameters_costs_a_few_hundred_evaluations() -> None:
-    """The default strategy's cost depends on the number of tensors, not of parameters."""
+@pytest.mark.parametrize("strategy", ["screen", "per-tensor"])
+def test_default_check_of_a_million_parameters_costs_a_few_hundred_evaluations(
+    strategy: str,
+) -> None:
+    """A check's cost does not depend on the number of parameters; screening's, not on the
+    number of tensors either."""
     rng = np.random.default_rng(0)
     params = {
         "W1": rng.standard_normal((1000, 1000)),
@@ -220,10 +224,14 @@ def test_default_check_of_a_million_parameters_costs_a_few_hundred_evaluations()
         lambda p: {k: v.copy() for k, v in p.items()},
         seed=0,
         tolerance=1e-4,  # a loss of 5e5 in float64 cannot resolve 1e-6 (it is inconclusive)
+        strategy=strategy,  # type: ignore[arg-type]
     )
     assert report.passed, str(report)
     n_tensors = len(params)
-    assert report.evaluations == 2 + 2 * (DEFAULT_COORDINATES + DEFAULT_DIRECTIONS * n_tensors)
+    if strategy == "screen":
+        assert report.evaluations == 2 + 2 * (DEFAULT_COORDINATES + DEFAULT_DIRECTIONS)
+    else:
+        assert report.evaluations == 2 + 2 * (DEFAULT_COORDINATES + DEFAULT_DIRECTIONS * n_tensors)
     assert report.evaluations < 300
     assert report.gradient_calls == 1
 

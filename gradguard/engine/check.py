@@ -24,6 +24,10 @@ The stages of one check, in order:
 6. *Localization and hint* (:mod:`gradguard.engine.hints`), for a failing tensor: the worst
    failing direction is bisected down to the element that carries the error, and the numbers
    are read for a likely cause.
+
+With screening (the default strategy, :mod:`gradguard.engine.screen`), stage 2's directions are
+joint probes over every tensor at once; stages 3-6 run only for the tensors the screen names as
+suspect (group testing) or cannot resolve; the others are judged by the screen.
 """
 
 from __future__ import annotations
@@ -90,8 +94,8 @@ STRATEGIES = ("screen", "per-tensor")
 """How a check spends its probes: ``"screen"`` probes every tensor jointly and only suspects
 one by one; ``"per-tensor"`` probes each tensor on its own."""
 
-DEFAULT_STRATEGY = "per-tensor"
-"""The strategy a check uses unless told otherwise."""
+DEFAULT_STRATEGY = "screen"
+"""The strategy a check uses unless told otherwise (on views that allow joint writes)."""
 
 # A loss that changes by more than this many units of round-off between two evaluations
 # at the same point is nondeterministic (dropout, augmentation), not merely noisy.
@@ -1267,7 +1271,12 @@ def _agrees_outside(run: _Run, s: int, block: tuple[int, int], e: Evidence) -> b
     outside[block[0] : block[1] + 1] = -1.0
     local = int(np.argmax(outside))
     if outside[local] <= 0.0:
-        return True
+        # No gradient outside the block: any element there says whether the loss agrees
+        # (a detached tensor's numeric side is not zero anywhere; a sparse one's is).
+        rest = np.flatnonzero(outside == 0.0)
+        if not rest.size:
+            return True
+        local = int(rest[0])
     d = run.coordinate(s, local)
     one = Evidence(
         np.array([d.analytic]),

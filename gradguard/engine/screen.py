@@ -60,9 +60,9 @@ __all__ = ["ScreenOutcome", "gradient_dots", "screen"]
 FloatArray = npt.NDArray[np.float64]
 
 # The round-off of a less precise analytic gradient along a joint direction, in units of its
-# dtype's round-off times the root sum of squares of the shares. float32 backprop on the
-# decoder and MLP benchmarks stays within 1 unit (docs/numerics.md); the per-probe bound of
-# the per-tensor path (32 units of |a|) would make every screen of more than ~50 tensors blind.
+# dtype's round-off times the root sum of squares of the shares: clean on the float32-gradient
+# decoder benchmark and the PyTorch zoo (docs/numerics.md); the per-probe bound of the
+# per-tensor path (32 units of |a|, summed) would make every screen of ~50 tensors blind.
 _SCREEN_GRADIENT_ULPS = 4.0
 # A tensor whose share at full step is below this fraction of the median share is treated as
 # having no gradient along its direction: full step, sign +1.
