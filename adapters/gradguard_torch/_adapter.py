@@ -333,6 +333,14 @@ class _Buffers:
             buffer.data.copy_(saved)
 
 
+def _is_dtype_error(exc: BaseException) -> bool:
+    """Whether an exception is torch refusing to mix dtypes (what the Float64Mode prevents)."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError | TypeError) and (
+        "dtype" in text or "scalar type" in text or "double" in text or "float" in text
+    )
+
+
 class _Slot:
     """One checked tensor: what evaluations read, and how to write into it exactly."""
 
@@ -617,9 +625,15 @@ class TorchView(FlatView):
 
     # -- the lean shadow evaluation ------------------------------------------------------------
 
-    def _lean_loss(self) -> torch.Tensor | None:
+    def _lean_loss(self, *, trial: bool = False) -> torch.Tensor | None:
         """The loss in the shadow with the lean input casts and no Float64Mode, from the
-        saved state; ``None`` when that does not give a float64 loss tensor."""
+        saved state; ``None`` when that does not give a float64 loss tensor.
+
+        In the ``trial`` (where the full machinery just evaluated the same point) any
+        exception means the lean path is at fault. Later, only an error about dtypes is
+        (a float32 tensor meeting a float64 one); any other exception is the loss's own and
+        surfaces, as it would from the full machinery.
+        """
         self._rng.replay()
         if self._buffers.mutable:
             self._buffers.replay()
@@ -627,8 +641,10 @@ class TorchView(FlatView):
             self._generators.replay()
         try:
             value = self._loss(self._presented)
-        except Exception:  # e.g. a float32 tensor meeting a float64 one: the mode is needed
-            return None
+        except Exception as exc:
+            if trial or _is_dtype_error(exc):
+                return None
+            raise
         finally:
             self._buffers.watch()
         if not isinstance(value, torch.Tensor) or value.dtype != torch.float64:
@@ -654,7 +670,7 @@ class TorchView(FlatView):
         if casts is None:
             return
         casts.lean()
-        lean = self._lean_loss()
+        lean = self._lean_loss(trial=True)
         if lean is not None and float(lean.item()) == full and math.isfinite(full):
             self._lean = True
         else:
