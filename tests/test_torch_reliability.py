@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from interrupts import sigint_trials
+from interrupts import in_clean_process, sigint_trials
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -65,6 +65,7 @@ def _globals() -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["shadow", "in_place"])
+@in_clean_process
 def test_real_sigints_at_random_moments_leave_model_and_modes_whole(dtype: torch.dtype) -> None:
     """A float32 model (float64 shadow, Float64Mode per evaluation) and a float64 model
     (perturbed in place), each checked over and over with one real SIGINT at a random moment:
@@ -89,6 +90,7 @@ def test_real_sigints_at_random_moments_leave_model_and_modes_whole(dtype: torch
     assert trials.ran >= 30 and trials.interrupted >= trials.ran // 5, trials
 
 
+@in_clean_process
 def test_real_sigints_leave_requires_grad_flags_of_tensors_whole() -> None:
     """Tensors passed without requires_grad get it switched on for the gradient and off
     again, all or none, whenever the Ctrl-C comes."""
