@@ -12,8 +12,8 @@ import attrs
 from gradguard.context import CheckContext
 from gradguard.engine import Settings, run_check
 from gradguard.engine.selection import Selection
-from gradguard.errors import AdapterNotFoundError
-from gradguard.kit.contract import Adapter
+from gradguard.errors import AdapterNotFoundError, SettingsError
+from gradguard.kit.contract import Adapter, FlatView, require_methods
 from gradguard.kit.lifetime import OpenView, RandomStates
 from gradguard.kit.signals import session
 from gradguard.kit.threads import NumpyBlasPinned
@@ -110,6 +110,9 @@ def check(
     tensors: list[str] | tuple[str, ...] | None = None,
     log_file: str | None = None,
     strategy: Literal["screen", "per-tensor"] | None = None,
+    order: Literal[1, 2] = 1,
+    mode: Literal["reverse", "forward"] = "reverse",
+    hvp: Callable[..., Any] | None = None,
 ) -> CheckReport:
     """Check an analytic gradient against central differences of the loss, tensor by tensor.
 
@@ -141,6 +144,15 @@ def check(
             testing, per-tensor probes and bisection only for suspect tensors (a cost that
             does not grow with the number of tensors); ``"per-tensor"``: every tensor probed
             on its own. ``None``: the default, ``"per-tensor"`` (see ``docs/check.md``).
+        order: 1 (the gradient) or 2: Hessian-vector products ``H v`` of the loss along
+            random directions against central differences of the analytic gradient, per
+            tensor (double backward in PyTorch, ``jax.jvp`` of ``jax.grad``; NumPy needs
+            ``hvp``). See ``docs/check.md``, "Second order".
+        mode: ``"reverse"`` (the gradient) or ``"forward"``: each probe's analytic side is the
+            loss's forward-mode JVP (``torch.autograd.forward_ad``, ``jax.jvp``), so custom
+            JVP rules are what is checked.
+        hvp: With ``order=2`` on NumPy params: ``hvp(params, v) -> H v``, ``v`` and the
+            result in params' structure (``grad`` must then be a callable).
 
     Returns:
         The :class:`CheckReport`; ``report.raise_for_failure()`` turns a failure into an
@@ -161,9 +173,16 @@ def check(
         seed=seed,
         tensors=tensors,
         **({} if strategy is None else {"strategy": strategy}),
+        order=order,
+        mode=mode,
     )
+    if hvp is not None and (order != 2 or not callable(hvp)):
+        raise SettingsError(
+            f"hvp must be a callable hvp(params, v) used with order=2, got {hvp!r} with "
+            f"order={order!r}"
+        )
     context = CheckContext(source="check", log_file=log_file_path(log_file))
-    return run_one(loss, params, grad, settings, context)
+    return run_one(loss, params, grad, settings, context, hvp=hvp)
 
 
 def run_one(
@@ -173,10 +192,12 @@ def run_one(
     settings: Settings,
     context: CheckContext,
     selection: Selection | None = None,
+    hvp: Callable[..., Any] | None = None,
 ) -> CheckReport:
     """One check with validated settings, reported to the plugins: what every front door calls.
 
-    ``selection`` is a training-loop front door's rotation (``Rotation.turn``), or ``None``.
+    ``selection`` is a training-loop front door's rotation (``Rotation.turn``), or ``None``;
+    ``hvp`` the user's Hessian-vector product for ``order=2`` on params without autodiff.
     """
     check_loss_callable(loss)
     # Ctrl-C deferred while state is half-changed, one check per tensor at a time, and the
@@ -191,6 +212,25 @@ def run_one(
             settings = attrs.evolve(settings, seed=int(agreed))
         # NumPy's BLAS threads would spin against the framework's pool (kit.threads).
         with NumpyBlasPinned(not adapter.numpy_loss), OpenView(adapter, params, loss, grad) as view:
+            _prepare_derivatives(adapter, view, settings, hvp)
             report = run_check(view, settings, selection)
         notify(report, context)
     return report
+
+
+def _prepare_derivatives(
+    adapter: Adapter, view: FlatView, settings: Settings, hvp: Callable[..., Any] | None
+) -> None:
+    """Refuse a view without what ``order=2`` / ``mode="forward"`` need, before evaluating."""
+    if settings.order == 2:
+        if hvp is not None:
+            view.use_hvp(hvp)
+        elif not adapter.autodiff:
+            raise SettingsError(
+                f"order=2 needs Hessian-vector products, and the {adapter.name} adapter has no "
+                "autodiff: pass hvp=lambda params, v: ... (H v in params' structure), and grad "
+                "as a callable"
+            )
+        require_methods(view, ("gradient_at", "hvp"))
+    if settings.mode == "forward":
+        require_methods(view, ("jvp",))

@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from gradguard.engine.layout import Layout
 from gradguard.engine.numerics import SUPPORTED_DTYPES
-from gradguard.errors import GradientError, InvalidParamsError
+from gradguard.errors import GradientError, InvalidParamsError, SettingsError
 from gradguard.kit.contract import Adapter, FlatView, IndexArray, scalar_loss_value
 from gradguard.kit.dtypes import float64_flat, least_precise
 from gradguard.kit.gradients import flatten_gradient
@@ -156,7 +156,8 @@ class NumpyView(FlatView):
         # Replaying the global random state costs ~30 us per evaluation (as much as a small
         # forward pass), so it is switched on only once a call is seen to draw from it.
         self._replay = False
-        self._watch = {"loss": True, "grad": True}
+        self._watch = {"loss": True, "grad": True, "hvp": True}
+        self._hvp: Callable[..., Any] | None = None
 
     # -- what the loss sees --------------------------------------------------------------
 
@@ -231,6 +232,50 @@ class NumpyView(FlatView):
         by_path = dict(walk_like(self._template, grad))
         leaves = [by_path[leaf.path] for leaf in self._leaves]  # empty arrays are not checked
         return flatten_gradient(self.layout, leaves)
+
+    # -- second order (check(..., order=2, hvp=...)) --------------------------------------
+
+    def use_hvp(self, function: Callable[..., Any]) -> None:
+        self._hvp = function
+
+    def gradient_at(self, displacement: FloatArray) -> tuple[FloatArray, FloatArray]:
+        if not callable(self._grad):
+            raise SettingsError(
+                "order=2 on NumPy params differentiates grad(params): pass grad as a callable "
+                "returning the gradient at the params it receives, not a fixed gradient"
+            )
+        taken = np.zeros_like(displacement)
+        try:
+            for segment, leaf in zip(self.layout, self._leaves, strict=True):
+                part = displacement[segment.offset : segment.stop]
+                if not part.any():
+                    continue
+                original = leaf.saved_flat.astype(np.float64)
+                leaf.set(None, original + part)
+                stored = leaf.get(None).astype(np.float64)
+                taken[segment.offset : segment.stop] = stored - original
+            return self.gradient(), taken
+        finally:
+            for leaf in self._leaves:
+                leaf.reset(None)
+
+    def hvp(self, vector: FloatArray) -> FloatArray:
+        function = self._hvp
+        if function is None:
+            raise SettingsError(
+                "the NumPy adapter has no autodiff to compute Hessian-vector products: pass "
+                "hvp=lambda params, v: ... (H v in params' structure) with order=2"
+            )
+        parts = iter(
+            vector[segment.offset : segment.stop].reshape(segment.shape) for segment in self.layout
+        )
+        v = rebuild(
+            self._template, (value if leaf is None else next(parts) for leaf, value in self._slots)
+        )
+        result = self._call(lambda params: function(params, v), "hvp")
+        by_path = dict(walk_like(self._template, result))
+        leaves = [by_path[leaf.path] for leaf in self._leaves]
+        return flatten_gradient(self.layout, leaves, source="hvp")
 
     def drifted(self) -> list[int]:
         return [

@@ -46,7 +46,13 @@ import numpy.typing as npt
 import torch
 
 from gradguard.engine.layout import Layout
-from gradguard.errors import GradGuardError, GradientError, InvalidParamsError, LossError
+from gradguard.errors import (
+    GradGuardError,
+    GradientError,
+    InvalidParamsError,
+    LossError,
+    SettingsError,
+)
 from gradguard.kit import notes
 from gradguard.kit.contract import Adapter, FlatView, IndexArray, scalar_loss_value
 from gradguard.kit.dtypes import least_precise
@@ -54,7 +60,14 @@ from gradguard.kit.gradients import flatten_gradient, leaves_by_name
 from gradguard.kit.memory import Extent, refuse_shared
 from gradguard.kit.restoring import run_all
 from gradguard.kit.signals import deferred, entered, left, transition
-from gradguard.kit.tree import Path, path_name, refuse_duplicate_names, walk, walk_like
+from gradguard.kit.tree import (
+    Path,
+    path_name,
+    rebuild,
+    refuse_duplicate_names,
+    walk,
+    walk_like,
+)
 from gradguard.kit.validate import check_loss_value
 from gradguard_torch._compat import compiled_original, is_compiled_module, uncompile
 from gradguard_torch._precision import (
@@ -932,6 +945,113 @@ class TorchView(FlatView):
     def notes(self) -> dict[str, str | int | float | bool | None]:
         return dict(self._notes)
 
+    # -- second order and forward mode (evaluated where the loss is: the shadow or in place) -
+
+    def _refuse_given_grad(self) -> None:
+        if self._grad is not None:
+            raise SettingsError(
+                "order=2 differentiates the loss twice with autograd, and a given gradient "
+                "cannot be differentiated: leave grad unset"
+            )
+
+    def _tangents(self, vector: FloatArray) -> list[torch.Tensor]:
+        return [
+            torch.from_numpy(vector[segment.offset : segment.stop].reshape(slot.shape)).to(
+                device=slot.device, dtype=slot.target.dtype
+            )
+            for segment, slot in zip(self.layout, self._slots, strict=True)
+        ]
+
+    def _graph_gradient(self, *, create_graph: bool) -> tuple[list[torch.Tensor], Any]:
+        """The loss at the current values and its gradient (a graph of it if asked)."""
+        targets = [slot.target for slot in self._slots]
+        loss = self._loss_tensor(self._run(self._loss, grad_enabled=True))
+        if not loss.requires_grad:
+            raise _NoDependenceError(_NO_DEPENDENCE)
+        grads = self._in_mode(
+            torch.autograd.grad,
+            loss.reshape(()),
+            targets,
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+        return targets, grads
+
+    def gradient_at(self, displacement: FloatArray) -> tuple[FloatArray, FloatArray]:
+        self._refuse_given_grad()
+        taken = np.zeros_like(displacement)
+        written: list[int] = []
+        try:
+            for s, (segment, slot) in enumerate(zip(self.layout, self._slots, strict=True)):
+                part = displacement[segment.offset : segment.stop]
+                if not part.any():
+                    continue
+                written.append(s)
+                stored = self.write(s, None, slot.original + part)
+                taken[segment.offset : segment.stop] = stored - slot.original
+            with self._requiring_grad(), torch.enable_grad():
+                _, grads = self._graph_gradient(create_graph=False)
+        finally:
+            for s in written:
+                self.reset(s, None)
+        flat = flatten_gradient(
+            self.layout, grads, to_array=_to_numpy, missing="zero", source="autograd"
+        )
+        return flat, taken
+
+    def hvp(self, vector: FloatArray) -> FloatArray:
+        """``H v`` by double backward: the gradient of ``g . v``, with ``g`` built as a graph."""
+        self._refuse_given_grad()
+        with self._requiring_grad(), torch.enable_grad():
+            targets, grads = self._graph_gradient(create_graph=True)
+            terms = [
+                (g * v).sum()
+                for g, v in zip(grads, self._tangents(vector), strict=True)
+                if g is not None and g.requires_grad
+            ]
+            if not terms:  # no gradient depends on the parameters: H v is 0 (or not built)
+                return np.zeros(self.layout.size)
+            product = self._in_mode(
+                torch.autograd.grad, torch.stack(terms).sum(), targets, allow_unused=True
+            )
+        return flatten_gradient(
+            self.layout,
+            product,
+            to_array=_to_numpy,
+            missing="zero",
+            source="the Hessian-vector product (double backward)",
+        )
+
+    def jvp(self, vector: FloatArray) -> float:
+        """The loss's forward-mode derivative (``torch.autograd.forward_ad``) along ``vector``."""
+        import torch.autograd.forward_ad as fwad
+
+        tangents = self._tangents(vector)
+        with fwad.dual_level():
+            duals = [
+                fwad.make_dual(slot.target.detach(), t)
+                for slot, t in zip(self._slots, tangents, strict=True)
+            ]
+            if self._module is not None:
+                names = [slot.name for slot in self._slots]
+                loss = self._run(
+                    lambda module: torch.func.functional_call(
+                        _LossOf(module, self._loss),
+                        dict(zip(["m." + n for n in names], duals, strict=True)),
+                        (),
+                    ),
+                    grad_enabled=False,
+                )
+            else:
+                leaves = [
+                    duals[self._positions[path]] if path in self._positions else leaf
+                    for path, leaf in walk(self._template, ())
+                ]
+                presented = rebuild(self._template, leaves)
+                loss = self._run(lambda _: self._loss(presented), grad_enabled=False)
+            tangent = fwad.unpack_dual(self._loss_tensor(loss)).tangent
+        return 0.0 if tangent is None else float(tangent.reshape(()).item())
+
     def drifted(self) -> list[int]:
         """Tensors the loss changed: the ones it read (the shadow's or the user's), and the
         user's own when the gradient came from the module as it trains."""
@@ -958,6 +1078,18 @@ class TorchView(FlatView):
         self._restore_grad_mode()  # after the no_grad block, which would undo it
         if failure is not None:
             raise failure
+
+
+class _LossOf(torch.nn.Module):
+    """The loss as a module's forward, so ``functional_call`` can swap the parameters it reads."""
+
+    def __init__(self, module: torch.nn.Module, loss: Callable[..., Any]) -> None:
+        super().__init__()
+        self.m = module
+        self._loss_function = loss
+
+    def forward(self) -> Any:
+        return self._loss_function(self.m)
 
 
 class _RequiresGrad:

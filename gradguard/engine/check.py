@@ -169,6 +169,20 @@ def _check_strategy(_: object, __: attrs.Attribute[str], value: object) -> None:
         )
 
 
+def _check_order(_: object, __: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or value not in (1, 2):
+        raise SettingsError(
+            f"order must be 1 (the gradient) or 2 (Hessian-vector products), got {value!r}"
+        )
+
+
+def _check_mode(_: object, __: attrs.Attribute[str], value: object) -> None:
+    if value not in ("reverse", "forward"):
+        raise SettingsError(
+            f"mode must be 'reverse' (the gradient, the default) or 'forward' (JVPs), got {value!r}"
+        )
+
+
 def _check_sample(_: object, __: attrs.Attribute[object], value: object) -> None:
     if value is None or value == "all":
         return
@@ -193,6 +207,10 @@ class Settings:
         tensors: Names of the tensors to check, or ``None`` for all of them.
         strategy: ``"screen"`` (joint probes over all tensors; per-tensor probes only for
             suspects) or ``"per-tensor"`` (every tensor probed on its own).
+        order: 1 (the gradient) or 2 (Hessian-vector products,
+            :mod:`gradguard.engine.second_order`).
+        mode: ``"reverse"`` (the gradient) or ``"forward"`` (forward-mode JVPs along the
+            probes, :mod:`gradguard.engine.forward`).
     """
 
     eps: float | None = attrs.field(
@@ -212,8 +230,21 @@ class Settings:
     )
     tensors: tuple[str, ...] | None = attrs.field(default=None, converter=_as_names)
     strategy: str = attrs.field(default=DEFAULT_STRATEGY, validator=_check_strategy)
+    order: int = attrs.field(default=1, converter=_as_builtin, validator=_check_order)
+    mode: str = attrs.field(default="reverse", validator=_check_mode)
 
     def __attrs_post_init__(self) -> None:
+        if self.order == 2 and self.mode == "forward":
+            raise SettingsError(
+                "order=2 with mode='forward': a second-order check already compares the "
+                "analytic H v (forward-over-reverse where the framework has it) with "
+                "differences of the gradient; use order=2, or mode='forward' with order=1"
+            )
+        if self.order == 2 and self.sample is not None:
+            raise SettingsError(
+                f"sample={self.sample!r} does not apply to order=2: every element of H v is "
+                "compared along each direction; set directions= instead"
+            )
         if self.sample == 0 and self.resolved_directions == 0:
             raise SettingsError(
                 "nothing to check: sample=0 and directions=0; ask for some coordinates "
@@ -439,9 +470,18 @@ def run_check(
         LossError: the loss is not finite somewhere it is evaluated.
         GradientError: the analytic gradient is unusable (raised by the view).
     """
+    if settings.order == 2:
+        from gradguard.engine.second_order import run_second_order  # it imports this module
+
+        return run_second_order(view, settings, selection)
     started = time.perf_counter()
     seed = settings.seed if settings.seed is not None else secrets.randbits(32)
-    run = _Run(view, settings, seed)
+    if settings.mode == "forward":
+        from gradguard.engine.forward import ForwardRun
+
+        run: _Run = ForwardRun(view, settings, seed)
+    else:
+        run = _Run(view, settings, seed)
     layout = view.layout
     chosen = _chosen_segments(layout, settings.tensors)
     if selection is not None:
@@ -543,7 +583,8 @@ def run_check(
             judgements.update(_retry_with_dtype_step(run, retry, picks, scale, judgements))
         widened = _widen_step(run, probed, picks, scale, judgements)
         judgements.update(widened)
-        judgements = _name_arrangement_mistakes(run, judgements, members_of, scale)
+        if settings.mode == "reverse":  # the other arrangements are of the gradient
+            judgements = _name_arrangement_mistakes(run, judgements, members_of, scale)
     if outcome is not None:
         for s, (e, cleared) in outcome.cleared.items():
             judgements[s] = _screened(run, s, coordinate_members[s], e, cleared)
@@ -575,6 +616,8 @@ def run_check(
         )
     status = overall_status(reports)
     notes = {**dict(view.notes), **base_notes}
+    if settings.mode == "forward":
+        notes["mode"] = "forward: the analytic side is the loss's JVP along each probe"
     if retry and not run.relative_step:
         notes["step_retried"] = True
     if widened:
@@ -640,6 +683,7 @@ def _screens(run: _Run, n_directions: int) -> bool:
     """Whether this check screens: asked for, with directions, on a view that allows it."""
     return (
         run.settings.strategy == "screen"
+        and run.settings.mode == "reverse"  # joint probes read the gradient
         and n_directions > 0
         and run.settings.sample != "all"
         and bool(getattr(run.view, "joint_writes", False))

@@ -52,11 +52,19 @@ import numpy as np
 import numpy.typing as npt
 
 from gradguard.engine.layout import Layout
-from gradguard.errors import LossError
+from gradguard.errors import LossError, SettingsError
 from gradguard.kit.locks import default_keys
 from gradguard.kit.validate import check_loss_value
 
-__all__ = ["Adapter", "FlatView", "FloatArray", "IndexArray", "scalar_loss_value"]
+__all__ = [
+    "DERIVATIVE_METHODS",
+    "Adapter",
+    "FlatView",
+    "FloatArray",
+    "IndexArray",
+    "require_methods",
+    "scalar_loss_value",
+]
 
 IndexArray = npt.NDArray[np.intp]
 """Flat positions inside one tensor."""
@@ -167,6 +175,50 @@ class FlatView(abc.ABC):
         """
         return {}
 
+    # -- optional: second order and forward mode ---------------------------------------------
+    #
+    # A view that can differentiate twice or in forward mode overrides these; the engine asks
+    # :func:`require_methods` before its first evaluation, so a view without them is refused
+    # with a SettingsError naming the adapter, never half-way through a check. They evaluate at
+    # a point of their own and leave every tensor at its original values: the engine calls them
+    # only while no tensor is perturbed (between the probes of the call order, step 7).
+
+    def gradient_at(self, displacement: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """The analytic gradient at ``original + displacement`` (every tensor at once).
+
+        Order 2's numeric side: central differences of this gradient along a direction.
+        ``displacement`` is flat, in layout order. Returns the gradient (flat float64) and the
+        displacement actually taken once the perturbed values are rounded to the dtype they
+        are evaluated in. Every tensor holds its original values again when it returns.
+        """
+        raise _missing(self, "gradient_at")
+
+    def hvp(self, vector: FloatArray) -> FloatArray:
+        """The analytic Hessian-vector product ``H v`` of the loss at the original values.
+
+        Double backward in PyTorch, forward-over-reverse in JAX, nested tapes in TensorFlow;
+        a NumPy view calls the user's ``hvp=``. Flat float64, in layout order.
+        """
+        raise _missing(self, "hvp")
+
+    def jvp(self, vector: FloatArray) -> float:
+        """The forward-mode derivative of the loss along ``vector`` at the original values.
+
+        ``vector`` is flat in layout order (zero outside the tensors probed); the engine
+        compares it with central differences of the loss (``mode="forward"``).
+        """
+        raise _missing(self, "jvp")
+
+    def use_hvp(self, function: Callable[..., Any]) -> None:
+        """Take the analytic ``H v`` from ``function(params, v)`` (``check(..., hvp=)``).
+
+        Only a view without autodiff of its own accepts one (NumPy); the default refuses.
+        """
+        raise SettingsError(
+            f"hvp= is for params the {self.adapter} adapter cannot differentiate twice itself; "
+            f"the {self.adapter} adapter computes H v with its own autodiff: leave hvp unset"
+        )
+
     def __enter__(self) -> FlatView:
         return self
 
@@ -220,6 +272,34 @@ class Adapter(abc.ABC):
         of one storage, a model and a dict of its parameters) names that memory instead.
         """
         return default_keys(params)
+
+
+DERIVATIVE_METHODS = {
+    "gradient_at": "second-order checks (order=2)",
+    "hvp": "second-order checks (order=2)",
+    "jvp": "forward-mode checks (mode='forward')",
+}
+"""The optional :class:`FlatView` methods, and what needs each."""
+
+
+def _missing(view: FlatView, method: str) -> SettingsError:
+    need = DERIVATIVE_METHODS.get(method, method)
+    return SettingsError(
+        f"the {view.adapter} adapter does not support {need}: its view has no {method}(). "
+        "Check order 1 in reverse mode (the default), or use an adapter that implements it "
+        "(torch, jax; NumPy with hvp=)"
+    )
+
+
+def require_methods(view: FlatView, methods: Iterable[str]) -> None:
+    """Refuse a view that does not override the optional methods a check needs.
+
+    Raises:
+        SettingsError: naming the adapter and what it lacks, before any evaluation.
+    """
+    for method in methods:
+        if getattr(type(view), method) is getattr(FlatView, method):
+            raise _missing(view, method)
 
 
 def scalar_loss_value(value: Any) -> float:
