@@ -77,6 +77,8 @@ class Program:
         self._jitted = jax.jit(function)
         self._evaluate: Callable[..., Any] = self._jitted
         self._gradient: Callable[..., Any] = jax.jit(jax.grad(function))
+        self._hvp: Callable[..., Any] | None = None
+        self._jvp: Callable[..., Any] | None = None
         self.compiled = True
         self.loss_dtype: np.dtype[Any] = np.dtype(np.float64)
         self.flow_dtypes: dict[str, str] = {}
@@ -196,6 +198,57 @@ class Program:
                     "instead of float(), bool() or if on arrays"
                 ) from exc
             return [np.asarray(g, dtype=np.float64) for g in grads]
+
+    def hvp(self, checked: list[Any], others: list[Any], tangents: list[Any]) -> list[Any]:
+        """``H v``: ``jax.jvp`` of ``jax.grad`` (forward over reverse) along ``tangents``.
+
+        JAX refuses forward mode through a ``custom_vjp`` function; such a loss gets reverse
+        over reverse (``jax.grad`` of ``grad . v``) instead, and the notes say so.
+        """
+        with self.context():
+            if self._hvp is None:
+                self._hvp = self._forward_over_reverse()
+                try:
+                    product = self._hvp(checked, others, tangents)
+                except TypeError as exc:
+                    if "custom_vjp" not in str(exc):
+                        raise
+                    self._hvp = self._reverse_over_reverse()
+                    self.notes["hvp"] = "reverse over reverse (forward mode refuses custom_vjp)"
+                    product = self._hvp(checked, others, tangents)
+            else:
+                product = self._hvp(checked, others, tangents)
+            return [np.asarray(x, dtype=np.float64) for x in product]
+
+    def _forward_over_reverse(self) -> Callable[..., Any]:
+        grad = jax.grad(self._function)
+
+        def hvp(c: list[Any], o: list[Any], t: list[Any]) -> Any:
+            return jax.jvp(lambda x: grad(x, o), (c,), (t,))[1]
+
+        return jax.jit(hvp) if self.compiled else hvp
+
+    def _reverse_over_reverse(self) -> Callable[..., Any]:
+        grad = jax.grad(self._function)
+
+        def along(c: list[Any], o: list[Any], t: list[Any]) -> Any:
+            g = grad(c, o)
+            return sum(jnp.vdot(a, b) for a, b in zip(g, t, strict=True))
+
+        hvp = jax.grad(along)
+        return jax.jit(hvp) if self.compiled else hvp
+
+    def jvp(self, checked: list[Any], others: list[Any], tangents: list[Any]) -> float:
+        """The loss's forward-mode derivative (``jax.jvp``) along ``tangents``."""
+        if self._jvp is None:
+            function = self._function
+
+            def jvp(c: list[Any], o: list[Any], t: list[Any]) -> Any:
+                return jax.jvp(lambda x: function(x, o), (c,), (t,))[1]
+
+            self._jvp = jax.jit(jvp) if self.compiled else jvp
+        with self.context():
+            return float(np.asarray(self._jvp(checked, others, tangents), dtype=np.float64))
 
 
 def _first_line(exc: BaseException) -> str:

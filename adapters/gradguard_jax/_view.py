@@ -229,6 +229,50 @@ class JaxView(BufferedView):
         grads = program.gradient(self._checked, self._others)
         return flatten_gradient(self.layout, grads, source="the analytic gradient (jax.grad)")
 
+    # -- second order and forward mode (in the program's precision: the shadow or native) ---
+
+    def _refuse_given_grad(self) -> None:
+        if self._grad is not None:
+            raise SettingsError(
+                "order=2 differentiates the loss twice with JAX (jax.jvp of jax.grad), and a "
+                "given gradient cannot be differentiated: leave grad unset"
+            )
+
+    def _tangents(self, vector: FloatArray) -> list[Any]:
+        return [
+            vector[segment.offset : segment.stop].reshape(segment.shape).astype(dtype)
+            for segment, dtype in zip(self.layout, self._eval_dtypes, strict=True)
+        ]
+
+    def gradient_at(self, displacement: FloatArray) -> tuple[FloatArray, FloatArray]:
+        self._refuse_given_grad()
+        program = self._ensure_program()
+        checked = list(self._checked)
+        taken = np.zeros_like(displacement)
+        for s, segment in enumerate(self.layout):
+            part = displacement[segment.offset : segment.stop]
+            if not part.any():
+                continue
+            start = self._start(s)  # the original in the evaluation dtype, flat
+            stored = (start.astype(np.float64) + part).astype(start.dtype)
+            taken[segment.offset : segment.stop] = stored.astype(np.float64) - start
+            checked[s] = stored.reshape(segment.shape)
+        grads = program.gradient(checked, self._others)
+        flat = flatten_gradient(self.layout, grads, source="the analytic gradient (jax.grad)")
+        return flat, taken
+
+    def hvp(self, vector: FloatArray) -> FloatArray:
+        self._refuse_given_grad()
+        program = self._ensure_program()
+        product = program.hvp(self._checked, self._others, self._tangents(vector))
+        return flatten_gradient(
+            self.layout, product, source="the Hessian-vector product (jax.jvp of jax.grad)"
+        )
+
+    def jvp(self, vector: FloatArray) -> float:
+        program = self._ensure_program()
+        return program.jvp(self._checked, self._others, self._tangents(vector))
+
     def _user_gradient(self) -> FloatArray:
         """``grad`` matched to the checked tensors by name (the same pytree, the
         ``nnx.State`` of ``nnx.grad``, the module of ``eqx.filter_grad``) or else in order,
