@@ -16,6 +16,8 @@ model is evaluated in a float64 shadow with x64 enabled only around the check's 
 the user's pytree, module state and RNG streams are never written. ``docs/jax.md`` has the
 design and the measurements.
 
+``check_grads`` is ``jax.test_util.check_grads`` with this verdict (float32 without x64).
+
 Importing this module does not import JAX: the claim hook looks in ``sys.modules`` first.
 """
 
@@ -28,9 +30,17 @@ import attrs
 from gradguard import hookimpl
 from gradguard.kit.contract import Adapter, FlatView
 from gradguard.kit.options import PrecisionParams
+from gradguard_jax._check_grads import CheckGradsError, check_grads
 from gradguard_jax._detect import is_jax_params
 
-__all__ = ["JaxAdapter", "JaxParams", "gradguard_adapter_claim", "is_jax_params"]
+__all__ = [
+    "CheckGradsError",
+    "JaxAdapter",
+    "JaxParams",
+    "check_grads",
+    "gradguard_adapter_claim",
+    "is_jax_params",
+]
 
 
 @attrs.frozen
