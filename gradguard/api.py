@@ -212,17 +212,26 @@ def run_one(
             settings = attrs.evolve(settings, seed=int(agreed))
         # NumPy's BLAS threads would spin against the framework's pool (kit.threads).
         with NumpyBlasPinned(not adapter.numpy_loss), OpenView(adapter, params, loss, grad) as view:
-            _prepare_derivatives(adapter, view, settings, hvp)
+            _prepare_derivatives(adapter, view, settings, grad, hvp)
             report = run_check(view, settings, selection)
         notify(report, context)
     return report
 
 
 def _prepare_derivatives(
-    adapter: Adapter, view: FlatView, settings: Settings, hvp: Callable[..., Any] | None
+    adapter: Adapter,
+    view: FlatView,
+    settings: Settings,
+    grad: Any,
+    hvp: Callable[..., Any] | None,
 ) -> None:
     """Refuse a view without what ``order=2`` / ``mode="forward"`` need, before evaluating."""
     if settings.order == 2:
+        if adapter.autodiff and grad is not None and hvp is None:
+            raise SettingsError(
+                f"order=2 differentiates the loss twice with the {adapter.name} adapter's "
+                "autodiff, and a given gradient cannot be differentiated: leave grad unset"
+            )
         if hvp is not None:
             view.use_hvp(hvp)
         elif not adapter.autodiff:

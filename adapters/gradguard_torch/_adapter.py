@@ -1027,6 +1027,16 @@ class TorchView(FlatView):
         import torch.autograd.forward_ad as fwad
 
         tangents = self._tangents(vector)
+        try:
+            return self._forward_derivative(fwad, tangents)
+        except NotImplementedError as exc:  # a custom Function without a jvp staticmethod
+            raise GradientError(
+                f"forward-mode AD cannot run through the loss: {exc} Give each custom "
+                "autograd.Function a jvp staticmethod (saving what it needs with "
+                "ctx.save_for_forward), or check in reverse mode"
+            ) from exc
+
+    def _forward_derivative(self, fwad: Any, tangents: list[torch.Tensor]) -> float:
         with fwad.dual_level():
             duals = [
                 fwad.make_dual(slot.target.detach(), t)
