@@ -182,9 +182,9 @@ def test_the_private_undefined_grad_api_still_hands_on_an_undefined_grad() -> No
     assert torch.equal(seen[0], torch.zeros(3)) and torch.equal(grad, torch.zeros(3))
 
 
-def test_forward_ad_and_batched_grad_are_torchs_checks_on_a_float64_twin() -> None:
-    """check_forward_ad / check_batched_grad run torch's own checks (float64 twin): a stock op
-    passes; a Function without jvp fails as in torch."""
+def test_forward_ad_is_ours_and_batched_grad_torchs() -> None:
+    """check_forward_ad runs gradguard's forward check and check_batched_grad torch's (float64
+    twin): a stock op passes both; a Function without jvp raises as in torch."""
 
     class NoJvp(torch.autograd.Function):
         @staticmethod
@@ -199,3 +199,49 @@ def test_forward_ad_and_batched_grad_are_torchs_checks_on_a_float64_twin() -> No
     assert gradcheck(torch.sin, (x,), check_forward_ad=True, check_batched_grad=True) is True
     with pytest.raises(NotImplementedError, match="jvp"):
         gradcheck(NoJvp.apply, (x,), check_forward_ad=True)
+
+
+class _ScaledJvp(torch.autograd.Function):
+    """sin(a) with a jvp rule scaled by (1 + error); the backward is right."""
+
+    @staticmethod
+    def forward(a, error):  # type: ignore[no-untyped-def]
+        return torch.sin(a)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        a, error = inputs
+        ctx.save_for_backward(a)
+        ctx.save_for_forward(a)
+        ctx.error = error
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def]
+        (a,) = ctx.saved_tensors
+        return g * torch.cos(a), None
+
+    @staticmethod
+    def jvp(ctx, ta, _):  # type: ignore[no-untyped-def]
+        (a,) = ctx.saved_tensors
+        return ta * torch.cos(a) * (1.0 + ctx.error)
+
+
+def test_check_forward_ad_judges_a_jvp_rule_in_float32() -> None:
+    """A 0.1% wrong jvp rule on float32 inputs fails check_forward_ad, naming input 0 (torch's
+    float32 forward check passes it); the right rule and the backward pass."""
+    a, b = _inputs((4, 3), (4, 3))
+    assert gradcheck(lambda a, b: _ScaledJvp.apply(a, 0.0) * b, (a, b), check_forward_ad=True)
+    with pytest.raises(OperatorCheckError) as caught:
+        gradcheck(lambda a, b: _ScaledJvp.apply(a, 1e-3) * b, (a, b), check_forward_ad=True)
+    assert caught.value.report.failed == ("input 0",)
+    assert "forward" in str(caught.value.report.notes["mode"])
+    assert torch.autograd.gradcheck(
+        lambda a, b: _ScaledJvp.apply(a, 1e-3) * b,
+        (a, b),
+        check_forward_ad=True,
+        check_backward_ad=False,
+        eps=1e-3,
+        atol=1e-2,
+        rtol=1e-2,
+        fast_mode=True,
+    )

@@ -227,6 +227,26 @@ class _OperatorView(FlatView):
             total = total + (v * o.to(torch.float64)).sum()
         return float(total.detach())
 
+    def jvp(self, vector: FloatArray) -> float:
+        """The forward-mode derivative of ``<cotangent, func>`` along ``vector`` (forward AD
+        on the twin: a Function's ``jvp`` staticmethod is what gets checked)."""
+        import torch.autograd.forward_ad as fwad
+
+        args = list(self._twin)
+        with fwad.dual_level(), torch.no_grad():
+            for segment, i in zip(self.layout, self._diff, strict=True):
+                x = self._twin[i]
+                tangent = torch.from_numpy(vector[segment.offset : segment.stop].copy())
+                args[i] = fwad.make_dual(x.detach(), tangent.view(x.shape).to(x.dtype))
+            # A Function without a jvp staticmethod raises NotImplementedError, as in torch.
+            outputs = _float_outputs(self._func(*args))
+            total = 0.0
+            for v, o in zip(self._cotangent, outputs, strict=False):
+                tangent = fwad.unpack_dual(o).tangent
+                if tangent is not None:
+                    total += float((v * tangent.to(torch.float64)).sum())
+        return total
+
     @property
     def loss_dtype(self) -> np.dtype[Any]:
         return self._loss_dtype
@@ -417,9 +437,13 @@ def gradcheck(
         raise_exception: Raise :class:`OperatorCheckError` on failure (else return False).
         nondet_tol: How far two backward passes with the same input and cotangent may differ.
         check_undefined_grad: Check that backward accepts undefined (zero) output grads.
-        check_grad_dtypes, check_batched_grad, check_batched_forward_grad, check_forward_ad:
+        check_forward_ad: Also check forward mode: gradguard's forward check (the JVP of
+            ``<c, func>`` by forward AD, a Function's ``jvp`` rule, against central
+            differences, per input; ``mode="forward"``).
+        check_grad_dtypes, check_batched_grad, check_batched_forward_grad:
             Accepted; when ``True`` the extra check is torch's own, run on a float64 twin of
-            the inputs (check_forward_ad, check_batched_grad) or in the inputs' dtype.
+            the inputs (check_batched_grad, check_batched_forward_grad) or in the inputs'
+            dtype.
         check_backward_ad: Check the backward (the default; ``False`` skips gradguard's part).
         fast_mode: Accepted; gradguard's check is always the fast kind (random projections
             over every element), so both values do the same.
@@ -458,11 +482,16 @@ def gradcheck(
                     raise
                 del exc
                 return False
+    if check_forward_ad:
+        verdict = _check_forward(func, tupled, diff, eps, rtol, seed)
+        if verdict is not None:
+            return _fail(str(verdict), verdict, raise_exception)
     extras = dict(
         check_grad_dtypes=check_grad_dtypes,
         check_batched_grad=check_batched_grad,
         check_batched_forward_grad=check_batched_forward_grad,
-        check_forward_ad=check_forward_ad,
+        # torch's batched forward check needs its forward check; ours ran above otherwise
+        check_forward_ad=check_batched_forward_grad,
     )
     if any(extras.values()):
         twin = tuple(
@@ -548,6 +577,51 @@ def _check_backward(
             return report
         if first is None:
             first, reference = report, gradients
+    return None
+
+
+def _check_forward(
+    func: Callable[..., Any],
+    tupled: tuple[Any, ...],
+    diff: list[int],
+    eps: float | None,
+    rtol: float | None,
+    seed: int,
+) -> CheckReport | None:
+    """check_forward_ad: gradguard's forward-mode check under one random unit cotangent.
+
+    The JVP of ``<c, func>`` along every probe (forward AD on the float64 twin) against
+    central differences: the per-input verdict of the backward check, for a ``jvp`` rule.
+    The backward gradient is read only for the gradient scale.
+    """
+    with torch.no_grad():
+        outputs = _float_outputs(func(*tupled))
+    if not outputs:
+        return None
+    cotangent = _cotangents(outputs, 1, seed)[0]
+    twin, evaluation = _numeric_dtype(func, tupled)
+    twin_dtype = twin[diff[0]].dtype
+    view = _OperatorView(
+        func,
+        twin,
+        diff,
+        cotangent.values,
+        _flatten(_analytic(func, tupled, diff, cotangent)),
+        _NUMPY[twin_dtype],  # the JVP is computed on the twin
+        _NUMPY[twin_dtype],
+        {"evaluation": evaluation, "cotangent": "1 random unit-norm, contiguous"},
+    )
+    settings = Settings(
+        eps=eps if twin_dtype == torch.float64 else None,
+        tolerance=rtol,
+        directions=_DIRECTIONS,
+        seed=seed,
+        mode="forward",
+    )
+    with view:
+        report = run_check(view, settings)
+    if report.status in (Status.FAIL, Status.INCONCLUSIVE, Status.NONDETERMINISTIC):
+        return report
     return None
 
 
