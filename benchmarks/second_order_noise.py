@@ -49,7 +49,10 @@ def torch_models(dtype: torch.dtype, seed: int) -> list[tuple[str, Any, Callable
     x = torch.randn(32, 6, dtype=dtype)
     y = torch.randn(32, 1, dtype=dtype)
     mlp = torch.nn.Sequential(
-        torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16), torch.nn.GELU(),
+        torch.nn.Linear(6, 16),
+        torch.nn.Tanh(),
+        torch.nn.Linear(16, 16),
+        torch.nn.GELU(),
         torch.nn.Linear(16, 1),
     ).to(dtype)
     gru = torch.nn.GRU(6, 8, batch_first=True).to(dtype)

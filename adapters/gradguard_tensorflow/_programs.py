@@ -347,6 +347,9 @@ class StatelessFunctions:
                 resources, scope(resources, state_values), loss, params, self.written
             )
 
+        self._scope = scope
+        self._params = params
+        self._derivatives: dict[str, Any] = {}
         self.evaluate_py = evaluate
         # A float64 trace differentiates the float64 values; a native one the variables.
         self.gradient_py = gradient_of_values if float64 else gradient_of_variables
@@ -409,6 +412,70 @@ class StatelessFunctions:
         self.evaluate_fn = self.evaluate_py
         self.gradient_fn = self.gradient_py
         self.eager = True
+
+    # -- second order and forward mode: traced on first use, in the trace's precision ------
+
+    def _derivative(self, name: str) -> Any:
+        """A derivative function of the values (and tangents), traced once."""
+        function = self._derivatives.get(name)
+        if function is not None:
+            return function
+        specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.value_variables]
+        loss, params, written = self.loss, self._params, self.written
+        zero = tf.UnconnectedGradients.ZERO
+
+        def value_of(values: Sequence[Any]) -> Any:
+            state_values = [v.read_value() for v in self.state_variables]
+            with protected(self._scope(values, state_values)):
+                out = scalar_loss(loss(params))
+            written.reset()
+            return out
+
+        def gradient_at(*values: Any) -> Any:
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(values)
+                out = value_of(values)
+            return _dense(tape.gradient(out, list(values), unconnected_gradients=zero))
+
+        def hvp(*tangents: Any) -> Any:
+            values = [v.read_value() for v in self.value_variables]
+            with tf.GradientTape(watch_accessed_variables=False) as outer:
+                outer.watch(values)
+                with tf.GradientTape(watch_accessed_variables=False) as inner:
+                    inner.watch(values)
+                    out = value_of(values)
+                grads = inner.gradient(out, values, unconnected_gradients=zero)
+                along = tf.add_n(
+                    [tf.reduce_sum(g * t) for g, t in zip(grads, tangents, strict=True)]
+                )
+            return _dense(outer.gradient(along, values, unconnected_gradients=zero))
+
+        def jvp(*tangents: Any) -> Any:
+            values = [v.read_value() for v in self.value_variables]
+            with tf.autodiff.ForwardAccumulator(values, list(tangents)) as accumulator:
+                out = value_of(values)
+            return accumulator.jvp(out, unconnected_gradients=zero)
+
+        chosen = {"gradient_at": gradient_at, "hvp": hvp, "jvp": jvp}[name]
+        if self.eager:
+            function = chosen
+        else:
+            with self._tracing():
+                function = _trace(chosen, specs).get_concrete_function()
+        self._derivatives[name] = function
+        return function
+
+    def gradient_at(self, values: Sequence[Any]) -> list[Any]:
+        """The gradient with respect to the values at ``values`` (nested tapes' inner one)."""
+        return list(self._derivative("gradient_at")(*values))
+
+    def hvp(self, tangents: Sequence[Any]) -> list[Any]:
+        """``H v`` at the loaded values: a GradientTape over a GradientTape."""
+        return list(self._derivative("hvp")(*tangents))
+
+    def jvp(self, tangents: Sequence[Any]) -> Any:
+        """The loss's forward-mode derivative (``tf.autodiff.ForwardAccumulator``)."""
+        return self._derivative("jvp")(*tangents)
 
     def load(self, values: Sequence[Any], state_values: Sequence[Any]) -> None:
         """Set the values the functions start from (this check's snapshot)."""

@@ -310,6 +310,63 @@ class TensorFlowView(BufferedView):
             return self._native(flat, native_dtype)
         return flat
 
+    # -- second order and forward mode (Keras variables, through the StatelessScope) --------
+
+    def _functions(self, what: str) -> StatelessFunctions:
+        program = self._ensure_program()
+        if self._grad is not None and what == "order=2":
+            raise SettingsError(
+                "order=2 differentiates the loss twice with nested GradientTapes, and a given "
+                "gradient cannot be differentiated: leave grad unset"
+            )
+        if not isinstance(program, StatelessProgram):
+            raise SettingsError(
+                f"{what} on TensorFlow needs Keras variables evaluated through a "
+                "StatelessScope (a Keras model or layer); plain tf.Variables, or a loss that "
+                "reads the variables directly, are checked at order 1 in reverse mode only"
+            )
+        return program.functions
+
+    def _tensors(self, vector: FloatArray) -> list[Any]:
+        return [
+            tf.constant(
+                vector[segment.offset : segment.stop]
+                .reshape(segment.shape)
+                .astype(self.evaluation_dtype(s))
+            )
+            for s, segment in enumerate(self.layout)
+        ]
+
+    def gradient_at(self, displacement: FloatArray) -> tuple[FloatArray, FloatArray]:
+        functions = self._functions("order=2")
+        taken = np.zeros_like(displacement)
+        values = []
+        for s, segment in enumerate(self.layout):
+            start = self._start(s)  # the original in the evaluation dtype, flat
+            stored = (
+                start.astype(np.float64) + displacement[segment.offset : segment.stop]
+            ).astype(start.dtype)
+            taken[segment.offset : segment.stop] = stored.astype(np.float64) - start
+            values.append(tf.constant(stored.reshape(segment.shape)))
+        grads = functions.gradient_at(values)
+        flat = flatten_gradient(
+            self.layout, grads, to_array=_to_array, source="the analytic gradient (GradientTape)"
+        )
+        return flat, taken
+
+    def hvp(self, vector: FloatArray) -> FloatArray:
+        product = self._functions("order=2").hvp(self._tensors(vector))
+        return flatten_gradient(
+            self.layout,
+            product,
+            to_array=_to_array,
+            source="the Hessian-vector product (nested GradientTapes)",
+        )
+
+    def jvp(self, vector: FloatArray) -> float:
+        value = self._functions("mode='forward'").jvp(self._tensors(vector))
+        return float(np.asarray(value.numpy(), dtype=np.float64))
+
     def _native(self, reference: FloatArray, dtype: np.dtype[Any]) -> FloatArray:
         """The gradient as a training step computes it: a GradientTape over the variables in
         their own dtype, through the same StatelessScope (nothing written), from the same

@@ -365,8 +365,8 @@ def _localize(
             np.linalg.norm(e.numeric)
         )
         if wrong[t]:
-            pairs = ", ".join(f"d2L/d{name} d{other}" for other in wrong[t])
-            where = f"the wrong second derivatives are {pairs}"
+            pairs = ", ".join(f"H[{name}, {other}]" for other in wrong[t])
+            where = f"wrong Hessian blocks: {pairs}"
         else:
             where = f"the second derivatives of the loss through {name} are wrong"
         why = (
