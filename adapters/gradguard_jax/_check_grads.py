@@ -22,7 +22,7 @@ does not import JAX.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from gradguard.results import CheckReport
 
 __all__ = ["CheckGradsError", "check_grads"]
 
-_MODES = {"fwd": "forward", "rev": "reverse"}
+_MODES: dict[str, Literal["forward", "reverse"]] = {"fwd": "forward", "rev": "reverse"}
 
 
 class CheckGradsError(GradientCheckError):
@@ -98,11 +98,11 @@ def check_grads(
     if not modes or any(mode not in _MODES for mode in modes):
         raise SettingsError(f"modes must hold 'fwd' and/or 'rev', got {modes!r}")
     params = tuple(jnp.asarray(a) if isinstance(a, np.ndarray | float) else a for a in args)
-    outputs, structure = jax.tree_util.tree_flatten(f(*params))
+    outputs = jax.tree_util.tree_leaves(f(*params))
     cotangents = _cotangents(outputs, seed)
 
     def scalar(values: tuple[Any, ...]) -> Any:
-        outs = structure.flatten_up_to(f(*values))
+        outs = jax.tree_util.tree_leaves(f(*values))
         return sum(jnp.sum(out * c) for out, c in zip(outs, cotangents, strict=True))
 
     options: dict[str, Any] = {"eps": eps, "tolerance": rtol, "seed": seed}

@@ -237,12 +237,15 @@ class _OperatorView(FlatView):
             for segment, i in zip(self.layout, self._diff, strict=True):
                 x = self._twin[i]
                 tangent = torch.from_numpy(vector[segment.offset : segment.stop].copy())
-                args[i] = fwad.make_dual(x.detach(), tangent.view(x.shape).to(x.dtype))
+                # torch.autograd.forward_ad is untyped in torch 2.13
+                args[i] = fwad.make_dual(  # type: ignore[no-untyped-call]
+                    x.detach(), tangent.view(x.shape).to(x.dtype)
+                )
             # A Function without a jvp staticmethod raises NotImplementedError, as in torch.
             outputs = _float_outputs(self._func(*args))
             total = 0.0
             for v, o in zip(self._cotangent, outputs, strict=False):
-                tangent = fwad.unpack_dual(o).tangent
+                tangent = fwad.unpack_dual(o).tangent  # type: ignore[no-untyped-call]
                 if tangent is not None:
                     total += float((v * tangent.to(torch.float64)).sum())
         return total

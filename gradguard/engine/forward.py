@@ -64,5 +64,7 @@ class ForwardRun(_Run):
         self, s: int, v: npt.NDArray[np.int8] | FloatArray, scale: float = 1.0
     ) -> _Difference:
         d = super().direction(s, v, scale)
-        unit = v.astype(np.float64) / math.sqrt(v.size) if v.dtype == np.int8 else v
+        unit: FloatArray = (
+            v.astype(np.float64) / math.sqrt(v.size) if v.dtype == np.int8 else v.astype(np.float64)
+        )
         return d._replace(analytic=self._jvp(s, None, unit))

@@ -359,10 +359,10 @@ def _localize(
     hints = {}
     for t in failing:
         name = layout[t].name
-        e = blocks[t].evidence
-        assert e is not None
-        missing = float(np.linalg.norm(e.analytic)) < _MISSING_SHARE * float(
-            np.linalg.norm(e.numeric)
+        judged = blocks[t].evidence
+        assert judged is not None
+        missing = float(np.linalg.norm(judged.analytic)) < _MISSING_SHARE * float(
+            np.linalg.norm(judged.numeric)
         )
         if wrong[t]:
             pairs = ", ".join(f"H[{name}, {other}]" for other in wrong[t])
