@@ -1,21 +1,27 @@
-"""Measure the noise of order 2's gradient differences on correct models (docs/numerics.md).
+"""Measure order 2 and forward mode on correct PyTorch models: noise and cost.
 
-For each model and seed: the largest |numeric - analytic| of H v over every element, in units
-of the a-priori round-off unit ``u (|g+| + |g-| + 2 rms(g_block)) / 2h`` that
-``gradguard.engine.second_order`` multiplies by ``_GRADIENT_ULPS``, and the 99th percentile.
-Run: ``python benchmarks/second_order_noise.py`` (about a minute on two cores).
+1. Noise (docs/numerics.md, "Second order"): for each model and seed, the largest
+   |numeric - analytic| of H v over every element, in units of the a-priori round-off unit
+   ``u (|g+| + |g-| + 2 rms(g_block)) / 2h`` that ``gradguard.engine.second_order`` multiplies
+   by ``_GRADIENT_ULPS``, and the 99th percentile.
+2. Cost (docs/benchmarks.md): wall time of ``order=2`` and ``mode="forward"`` checks as a ratio
+   to the default first-order check of the same model (median of 3).
+
+Run: ``python benchmarks/measure_second_order.py`` (about a minute on two cores).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-import gradguard  # noqa: F401  (registers the adapters)
+import gradguard as gg
 from gradguard.api import find_adapter
 from gradguard.engine import Settings
 from gradguard.engine.numerics import default_step, unit_roundoff
@@ -74,7 +80,32 @@ def torch_models(dtype: torch.dtype, seed: int) -> list[tuple[str, Any, Callable
     ]
 
 
+def _seconds(loss: Callable[..., Any], params: Any, **options: Any) -> float:
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        gg.check(loss, params, seed=0, **options)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def cost() -> None:
+    print("\n## Cost: time per check as a ratio to the default first-order check\n")
+    print("| model | params dtype | order=1 (s) | order=2 | mode='forward' |")
+    print("|---|---|---|---|---|")
+    for dtype in (torch.float64, torch.float32):
+        for name, params, loss in torch_models(dtype, 0):
+            first = _seconds(loss, params)
+            second = _seconds(loss, params, order=2)
+            forward = _seconds(loss, params, mode="forward")
+            print(
+                f"| {name} | {dtype} | {first:.3f} | {second / first:.2f}x | "
+                f"{forward / first:.2f}x |"
+            )
+
+
 def main() -> None:
+    print("## Noise: |n - a| of H v on correct models, in a-priori units\n")
     print("| model | params dtype | evaluated in | max units | 99th pct units |")
     print("|---|---|---|---|---|")
     for dtype in (torch.float64, torch.float32):
@@ -86,6 +117,7 @@ def main() -> None:
             worst = max(f[0] for f in found)
             p99 = max(f[1] for f in found)
             print(f"| {name} | {dtype} | {found[0][2]} | {worst:.2g} | {p99:.2g} |")
+    cost()
 
 
 if __name__ == "__main__":
