@@ -498,7 +498,8 @@ def run_check(
     run.h = settings.eps if settings.eps is not None else default_step(loss_dtype)
     run.grad = view.gradient()
     run.gradient_calls += 1
-    gradient_dtype = view.gradient_dtype
+    # Forward mode's analytic side is the view's JVP, computed where the loss is evaluated.
+    gradient_dtype = view.gradient_dtype if settings.mode == "reverse" else loss_dtype
     run.u_grad = gradient_roundoff(gradient_dtype)
     run.tolerance = (
         settings.tolerance
