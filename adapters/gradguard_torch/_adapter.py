@@ -1044,14 +1044,17 @@ class TorchView(FlatView):
             ]
             if self._module is not None:
                 names = [slot.name for slot in self._slots]
-                loss = self._run(
-                    lambda module: torch.func.functional_call(
-                        _LossOf(module, self._loss),
-                        dict(zip(["m." + n for n in names], duals, strict=True)),
-                        (),
-                    ),
-                    grad_enabled=False,
-                )
+                # functional_call swaps the module's parameters for the duals and back: a
+                # Ctrl-C between the two would leave the swap, so it waits until after.
+                with deferred():
+                    loss = self._run(
+                        lambda module: torch.func.functional_call(
+                            _LossOf(module, self._loss),
+                            dict(zip(["m." + n for n in names], duals, strict=True)),
+                            (),
+                        ),
+                        grad_enabled=False,
+                    )
             else:
                 leaves = [
                     duals[self._positions[path]] if path in self._positions else leaf
