@@ -50,23 +50,27 @@ def _sin(error: float) -> Any:
 
 X = jax.random.normal(jax.random.key(0), (12, 3))
 Y = jax.random.normal(jax.random.key(1), (12,))
+# Two branches: one through the buggy rule, one through its correct twin, checked at once.
 PARAMS = {
-    "w": jax.random.normal(jax.random.key(2), (3, 5)),
-    "v": jax.random.normal(jax.random.key(3), (5,)),
+    "bad": jax.random.normal(jax.random.key(2), (3, 5)),
+    "good": jax.random.normal(jax.random.key(3), (3, 5)),
+    "v": jax.random.normal(jax.random.key(4), (5,)),
 }
 
 
-def _loss(activation: Any) -> Any:
-    return lambda p: jnp.mean((activation(X @ p["w"]) @ p["v"] - Y) ** 2)
+def _loss(bad: Any, good: Any) -> Any:
+    return lambda p: jnp.mean(((bad(X @ p["bad"]) + good(X @ p["good"])) @ p["v"] - Y) ** 2)
 
 
 def test_custom_vjp_with_a_non_differentiable_bwd_fails_order2() -> None:
-    """The gradient is right (order 1 passes); its derivative misses sigmoid': w fails, v
-    (after the activation) passes; float32 params, x64 left off."""
-    loss = _loss(_softplus(stop=True))
+    """The gradient is right (order 1 passes); its derivative misses sigmoid' in the branch
+    whose bwd stops it: that tensor fails, its correct twin and v pass; float32 params, x64
+    left off."""
+    loss = _loss(_softplus(stop=True), _softplus(stop=False))
     assert gg.check(loss, PARAMS, seed=0).passed
     report = gg.check(loss, PARAMS, order=2, seed=0)
-    assert report.failed == ("w",)
+    assert report.failed == ("bad",)
+    assert report["good"].status is Status.PASS
     assert report["v"].status is Status.PASS
     assert report.dtype == "float64"
     assert "reverse over reverse" in str(report.notes["hvp"])
@@ -74,11 +78,10 @@ def test_custom_vjp_with_a_non_differentiable_bwd_fails_order2() -> None:
 
 
 def test_custom_jvp_rule_in_forward_mode() -> None:
-    """A 1% wrong custom_jvp rule fails forward mode on w (before the activation); the right
-    rule passes."""
-    bad = gg.check(_loss(_sin(0.01)), PARAMS, mode="forward", seed=0)
-    assert bad.failed == ("w",)
-    assert gg.check(_loss(_sin(0.0)), PARAMS, mode="forward", seed=0).passed
+    """A 1% wrong custom_jvp rule fails forward mode on its branch; the right rule's passes."""
+    report = gg.check(_loss(_sin(0.01), _sin(0.0)), PARAMS, mode="forward", seed=0)
+    assert report.failed == ("bad",)
+    assert report["good"].passed
 
 
 def _f(error: float) -> Any:
