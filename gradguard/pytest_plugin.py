@@ -85,7 +85,9 @@ class GradCheck:
         Args:
             loss, params, grad: As for :func:`gradguard.check`.
             **options: ``eps``, ``tolerance``, ``sample``, ``directions``, ``seed``,
-                ``tensors``; an explicit ``seed`` wins over ``--gradguard-seed``.
+                ``tensors``, ``order``, ``mode`` (``order=2`` with an autodiff adapter:
+                ``hvp=`` is for :func:`gradguard.check`); an explicit ``seed`` wins over
+                ``--gradguard-seed``.
 
         Returns:
             The passing :class:`~gradguard.CheckReport`.
