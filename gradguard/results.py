@@ -247,11 +247,12 @@ class CheckReport:
 
 def overall_status(params: tuple[ParamReport, ...] | list[ParamReport]) -> Status:
     """A check's status from its tensors': a wrong tensor fails it, an unjudged one leaves it
-    inconclusive, and otherwise it passed."""
+    inconclusive, and otherwise it passed. Non-differentiable tensors are left out, but a check
+    that judged none of its tensors (every one straddled kinks) could not see: inconclusive."""
     statuses = {p.status for p in params}
     if Status.FAIL in statuses:
         return Status.FAIL
-    if Status.INCONCLUSIVE in statuses:
+    if Status.INCONCLUSIVE in statuses or statuses == {Status.NON_DIFFERENTIABLE}:
         return Status.INCONCLUSIVE
     return Status.PASS
 
@@ -280,9 +281,13 @@ def format_report(report: CheckReport) -> str:
             "the 1 tensor agrees" if count == 1 else f"all {count} tensors agree"
         )
     elif report.status is Status.INCONCLUSIVE:
+        # Either some tensors could not be judged, or every tensor straddled kinks.
+        unjudged = report.inconclusive or tuple(
+            p.name for p in report.params if p.status is Status.NON_DIFFERENTIABLE
+        )
         headline = (
-            f"gradguard: INCONCLUSIVE, {len(report.inconclusive)} of {count} tensors could not "
-            "be judged: " + ", ".join(report.inconclusive)
+            f"gradguard: INCONCLUSIVE, {len(unjudged)} of {count} tensors could not "
+            "be judged: " + ", ".join(unjudged)
         )
     else:
         headline = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.autograd.gradcheck import GradcheckError
@@ -87,6 +89,132 @@ def test_inputs_are_left_untouched_and_checked_in_a_float64_twin() -> None:
     assert gradcheck(lambda a, b: (a @ b).exp(), (x, w))
     assert torch.equal(x, before[0]) and torch.equal(w, before[1])
     assert x.grad is None and x.requires_grad and x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "zero-dim"])
+def test_non_contiguous_inputs_are_perturbed_in_their_own_layout(layout: str) -> None:
+    """OpInfo samples hold transposed and sliced inputs (lu_unpack, ormqr): checked as given.
+
+    A correct op passes, a 10% wrong backward fails, and the op sees the input's own strides
+    (a layout-dependent kernel is checked on the layout the caller uses).
+    """
+
+    class Scaled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(a)
+            return a.exp().cumsum(0)
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            (a,) = ctx.saved_tensors
+            return g.flip(0).cumsum(0).flip(0) * a.exp() * 1.1
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 8, generator=g)
+    x = {"transposed": base.t(), "sliced": base[:, ::2], "zero-dim": base[0, 0]}[layout]
+    x.requires_grad_(True)
+    assert x.is_contiguous() == (layout == "zero-dim")
+    strides = []
+
+    def op(a: torch.Tensor) -> torch.Tensor:
+        strides.append(a.stride())
+        return a.exp().cumsum(0) if a.dim() else a.exp() * a
+
+    assert gradcheck(op, (x,)) is True
+    assert set(strides) == {x.stride()}
+    if layout != "zero-dim":
+        with pytest.raises(OperatorCheckError) as caught:
+            gradcheck(Scaled.apply, (x,))
+        assert caught.value.report.failed == ("input 0",)
+
+
+def test_non_finite_input_elements_are_held_fixed_as_torch_holds_them() -> None:
+    """A -inf mask into softmax: a correct op passes; a gradient leaking into the mask fails.
+
+    Perturbing -inf leaves it -inf (torch's gradcheck sees a numeric derivative of 0 there);
+    the check holds those elements fixed and says so in the notes instead of stepping by inf.
+    """
+
+    class Leaky(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            p = torch.softmax(a, -1)
+            ctx.save_for_backward(p)
+            return p
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            (p,) = ctx.saved_tensors
+            inner = p * (g - (g * p).sum(-1, keepdim=True))
+            return inner + 0.1 * g * (p == 0)  # a gradient where the input is -inf
+
+    (x,) = _inputs((3, 5), seed=4)
+    with torch.no_grad():
+        x[:, 1] = -math.inf
+        x[2, 3] = -math.inf
+    assert gradcheck(lambda a: torch.softmax(a, -1), (x,)) is True
+    with pytest.raises(OperatorCheckError) as caught:
+        gradcheck(Leaky.apply, (x,))
+    assert caught.value.report.failed == ("input 0",)
+    assert caught.value.report.notes["non_finite_held"] == "input 0: 4"
+
+
+def _cancelling_square(offset: float) -> type[torch.autograd.Function]:
+    """x**2 whose backward computes x as (x + offset) - offset: exact in float64 only."""
+
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(a)
+            return a * a
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            (a,) = ctx.saved_tensors
+            return g * 2 * ((a + offset) - offset)
+
+    return Square
+
+
+def test_a_float32_backward_that_only_loses_precision_is_told_from_a_wrong_formula() -> None:
+    """Exact in float64, ~1e-4 off in float32: accepted with a warning (torch's own digamma and
+    logcumsumexp lose that much); ~1e-2 off: FAIL, and the hint says the formula is right."""
+    (x,) = _inputs((6, 7), seed=5)
+    with pytest.warns(UserWarning, match=r"loses precision .* accepted within rtol=0.001"):
+        assert gradcheck(_cancelling_square(1024.0).apply, (x,)) is True
+    with pytest.raises(OperatorCheckError) as caught:
+        gradcheck(_cancelling_square(131072.0).apply, (x,))
+    hint = caught.value.report["input 0"].hint
+    assert "the float64 backward of the same function passes" in hint
+    assert "loses precision in float32" in hint
+    with pytest.raises(OperatorCheckError):  # a wrong formula is never accepted
+        gradcheck(_scaled_sin(1.0005).apply, (x,))
+
+
+def _scaled_sin(factor: float) -> type[torch.autograd.Function]:
+    """sin with a backward off by ``factor``: wrong in float64 as in float32."""
+
+    class Scaled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(a)
+            return a.sin()
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def]
+            (a,) = ctx.saved_tensors
+            return g * a.cos() * factor
+
+    return Scaled
+
+
+def test_a_true_gradient_below_float32s_range_is_not_a_failure() -> None:
+    """prod of 125 values in (0.1, 0.6): 1e-60 in float64, 0 in float32, as right as float32 is."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(5, 5, 5, generator=g) * 0.5 + 0.1).requires_grad_(True)
+    assert float(torch.prod(x.detach())) == 0.0 and float(torch.prod(x.detach().double())) > 0
+    assert gradcheck(torch.prod, (x,)) is True
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -303,3 +304,25 @@ def test_a_sparse_embedding_bug_is_found_where_the_gradient_lives(seed: int) -> 
     report = gg.check(loss, {"E": table, "w": w_out}, grad, seed=seed)
     assert report.failed == ("E",), str(report)
     assert report["E"].worst_index is not None and report["E"].worst_index[0] in used
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_strong_curvature_is_not_mistaken_for_a_kink(seed: int) -> None:
+    """sum(c * tan(x)) a thousandth from the pole: at the default step every probe looked like
+    a kink, the tensor was left out and a 0.1% error PASSED. Probed again at a narrower step,
+    the correct gradient passes and the wrong one fails."""
+    rng = np.random.default_rng(seed)
+    x = np.pi / 2 - rng.uniform(5e-4, 2e-3, size=20) * rng.choice([-1, 1], 20)
+    c = rng.standard_normal(20)
+
+    def loss(p: dict[str, np.ndarray]) -> float:
+        return float(np.sum(c * np.tan(p["x"])))
+
+    def grad(factor: float) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        return lambda p: {"x": factor * c / np.cos(p["x"]) ** 2}
+
+    right = gg.check(loss, {"x": x.copy()}, grad(1.0), seed=seed)
+    assert right.status is gg.Status.PASS, str(right)
+    assert right.notes["step_narrowed"] == "x"
+    wrong = gg.check(loss, {"x": x.copy()}, grad(1.001), seed=seed)
+    assert wrong.status is gg.Status.FAIL, str(wrong)

@@ -115,6 +115,8 @@ _GRADIENT_FLOOR_SHARE = 4.0
 # How much wider than the dtype's step a tensor whose round-off hid the tolerance is probed
 # again (at most), and the widest relative step that retry uses (_widen_step).
 _WIDEST = 1024.0
+# How much narrower a second look probes again where a probe looked like a kink (_narrowed).
+_NARROWER = 16.0
 _WIDEST_STEP = 1e-2
 # Bisection: a half carrying this share of a failing direction's discrepancy holds the error.
 _CONFINED_SHARE = 0.9
@@ -300,6 +302,7 @@ class _Run:
         self.jitter = 0.0  # |J(theta) - J(theta)| seen at the unperturbed point
         self.loss_noise = 0.0  # measured round-off of one loss evaluation (0: not measured)
         self.u_grad = 0.0  # unit round-off of the analytic gradient's dtype
+        self.grad_tiny = 0.0  # its smallest normal number, when less precise than the loss
         self.originals: list[FloatArray] = []
         self.rms: list[float] = []
         self._buffers: dict[int, tuple[FloatArray, FloatArray]] = {}
@@ -317,6 +320,8 @@ class _Run:
         self.spent: dict[int, int] = {}  # evaluations with tensor s perturbed on its own
         self.bisected: set[int] = set()
         self.screening = False  # the check screens tensors jointly (strategy "screen")
+        self.extrapolated: set[int] = set()  # tensors judged on a Richardson third look
+        self.narrowed: set[int] = set()  # tensors with a probe judged at a narrower step
 
     # -- evaluations ---------------------------------------------------------------------
 
@@ -501,6 +506,11 @@ def run_check(
     # Forward mode's analytic side is the view's JVP, computed where the loss is evaluated.
     gradient_dtype = view.gradient_dtype if settings.mode == "reverse" else loss_dtype
     run.u_grad = gradient_roundoff(gradient_dtype)
+    # The smallest normal number of a less precise gradient's dtype: a true gradient below it
+    # (a float64 product of 125 factors, 6e-56) is 0 or subnormal in that dtype, which is as
+    # right as the dtype can be.
+    if run.u_grad > run.u and np.issubdtype(np.dtype(gradient_dtype), np.floating):
+        run.grad_tiny = float(np.finfo(gradient_dtype).tiny)
     run.tolerance = (
         settings.tolerance
         if settings.tolerance is not None
@@ -623,6 +633,10 @@ def run_check(
         notes["step_retried"] = True
     if widened:
         notes["step_widened"] = ", ".join(sorted(layout[s].name for s in widened))
+    if run.narrowed:
+        notes["step_narrowed"] = ", ".join(sorted(layout[s].name for s in run.narrowed))
+    if run.extrapolated:
+        notes["richardson"] = ", ".join(sorted(layout[s].name for s in run.extrapolated))
     if run.sparse_sampling:
         notes["coordinates"] = "half among elements with a non-zero analytic gradient"
     if outcome is not None:
@@ -776,7 +790,7 @@ def _evidence(run: _Run, members: npt.NDArray[np.intp], scale: float) -> Evidenc
         # and to the tensor's typical gradient (sums that cancel lose digits).
         typical = float(np.sqrt(np.mean(np.square(analytic)))) if analytic.size else 0.0
         noise = noise + _GRADIENT_ULPS * run.u_grad * (np.abs(analytic) + typical)
-    return Evidence(
+    e = Evidence(
         analytic,
         np.array([p.numeric[i] for i in members]),
         noise,
@@ -785,6 +799,8 @@ def _evidence(run: _Run, members: npt.NDArray[np.intp], scale: float) -> Evidenc
         max(run.u, _GRADIENT_FLOOR_SHARE * run.u_grad),  # the floor: cancelled float32 sums
         run.u,
     )
+    e.floor = max(e.floor, run.grad_tiny)
+    return e
 
 
 @attrs.define
@@ -795,6 +811,7 @@ class _Look:
     smooth: npt.NDArray[np.bool_]  # True: no kink; ``measured`` holds its error
     measured: FloatArray  # |n(h) - n(h/2)| for smooth probes
     verified: int  # probes verified from a kink's clean side
+    half: FloatArray  # n(h/2) for smooth probes (the Richardson third look starts from it)
 
 
 def _judge_all(
@@ -814,7 +831,14 @@ def _judge_all(
         if classify(evidence[s]) not in (Status.PASS, Status.ZERO)
     }
     run.loss_noise = _pooled_loss_noise(run, looks, members_of)
-    return {s: _conclude(run, s, members_of[s], evidence[s], looks.get(s)) for s in chosen}
+    before = {s: evidence[s].restricted(np.ones(evidence[s].size, dtype=bool)) for s in looks}
+    judged = {s: _conclude(run, s, members_of[s], evidence[s], looks.get(s)) for s in chosen}
+    for s, look in looks.items():
+        if judged[s].status is Status.INCONCLUSIVE and (look.half != 0.0).any():
+            sharper = _third_look(run, s, members_of[s], before[s], look)
+            judged[s] = _conclude(run, s, members_of[s], before[s], sharper)
+            run.extrapolated.add(s)
+    return judged
 
 
 def _second_look(run: _Run, s: int, members: npt.NDArray[np.intp], e: Evidence) -> _Look:
@@ -826,6 +850,7 @@ def _second_look(run: _Run, s: int, members: npt.NDArray[np.intp], e: Evidence) 
         smooth=np.zeros(members.size, dtype=bool),
         measured=np.zeros(members.size),
         verified=0,
+        half=np.zeros(members.size),
     )
     for j, i in enumerate(members):
         roundoff = e.noise[j]
@@ -858,12 +883,81 @@ def _second_look(run: _Run, s: int, members: npt.NDArray[np.intp], e: Evidence) 
                 e.numeric[j] = best
                 e.noise[j] = 4.0 * roundoff
                 look.verified += 1
+            elif (narrow := _narrowed(run, s, int(i), roundoff)) is not None:
+                e.numeric[j], e.noise[j], look.measured[j] = narrow
+                look.smooth[j] = True  # measured, but no Richardson look from this step
+                run.narrowed.add(s)
             else:
                 look.keep[j] = False
         else:
             look.measured[j] = error
             look.smooth[j] = True
+            look.half[j] = half.numeric
     return look
+
+
+def _narrowed(run: _Run, s: int, i: int, roundoff: float) -> tuple[float, float, float] | None:
+    """A probe that looked like a kink, again at 1/16 and 1/32 of its step: smooth there?
+
+    A kink stays a kink at any step, but a smooth loss curved on the scale of the step (tan a
+    thousandth from its pole, exp(1000 x)) looks like one: its one-sided differences stop
+    halving with the step because the step is not small next to the distance to the
+    singularity. Left out, such probes let a wrong tensor pass on its other probes. At a
+    narrower step the loss is smooth again: the probe is judged there, with the change between
+    the two narrow steps as its measured error and 16x the round-off. Float64 losses at a
+    relative step only (round-off grows with the narrowing). Returns (numeric, noise,
+    measured) or None where the probe still straddles a kink.
+    """
+    if not run.relative_step or np.dtype(run.view.loss_dtype) != np.float64:
+        return None
+    p = run.probes
+    local = p.local[i]
+
+    def at(scale: float) -> _Difference:
+        if p.is_direction[i]:
+            return run.direction(s, run.directions[s][local], scale=scale)
+        return run.coordinate(s, local, scale=scale)
+
+    narrow, narrower = at(1.0 / _NARROWER), at(0.5 / _NARROWER)
+    asymmetry = abs(narrow.forward - narrow.backward)
+    half_asymmetry = abs(narrower.forward - narrower.backward)
+    noise = _NARROWER * roundoff
+    error = abs(narrow.numeric - narrower.numeric)
+    floor = max(error, 0.25 * noise)
+    stuck = half_asymmetry > 0.75 * asymmetry and asymmetry > 8.0 * floor
+    dropped = asymmetry - 2.0 * half_asymmetry > 8.0 * (narrow.roundoff + narrower.roundoff)
+    if stuck or dropped:
+        return None
+    return narrow.numeric, noise, error
+
+
+def _third_look(
+    run: _Run, s: int, members: npt.NDArray[np.intp], e: Evidence, look: _Look
+) -> _Look:
+    """Smooth probes again at a quarter step: a Richardson estimate, exact to fourth order.
+
+    For a tensor the second look left inconclusive by truncation (a strongly curved loss: tan
+    near its pole, exp of a large argument), ``n(h)``, ``n(h/2)`` and ``n(h/4)`` give two
+    Richardson estimates ``R(h) = (4 n(h/2) - n(h)) / 3`` and ``R(h/2)``; the later one is the
+    numeric side and ``|R(h) - R(h/2)|`` its measured error (about 15 times its asymptotic
+    error: a margin for a loss not yet in the asymptotic regime). Round-off grows with the
+    combination (six times that of ``n(h)``), and is allowed for. Two evaluations per probe,
+    spent only on tensors that could not be judged otherwise. ``e`` is updated in place.
+    """
+    p = run.probes
+    measured = look.measured.copy()
+    for j in np.flatnonzero(look.smooth & (look.half != 0.0)):
+        i = int(members[j])
+        if p.is_direction[i]:
+            quarter = run.direction(s, run.directions[s][p.local[i]], scale=0.25)
+        else:
+            quarter = run.coordinate(s, p.local[i], scale=0.25)
+        wide = (4.0 * look.half[j] - e.numeric[j]) / 3.0
+        narrow = (4.0 * quarter.numeric - look.half[j]) / 3.0
+        e.numeric[j] = narrow
+        e.noise[j] = 6.0 * max(e.noise[j], _LOSS_NOISE_SIGMAS * run.loss_noise / p.span[i])
+        measured[j] = abs(wide - narrow)
+    return attrs.evolve(look, measured=measured)
 
 
 def _pooled_loss_noise(
