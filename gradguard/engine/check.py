@@ -925,7 +925,11 @@ def _narrowed(run: _Run, s: int, i: int, roundoff: float) -> tuple[float, float,
     error = abs(narrow.numeric - narrower.numeric)
     floor = max(error, 0.25 * noise)
     stuck = half_asymmetry > 0.75 * asymmetry and asymmetry > 8.0 * floor
-    dropped = asymmetry - 2.0 * half_asymmetry > 8.0 * (narrow.roundoff + narrower.roundoff)
+    # A smooth loss's asymmetry halves with the step up to its higher-order terms, which at
+    # this scale of curvature (exp(1000 x)) exceed the round-off; a kink between the two
+    # narrow steps takes away a large part of it.
+    shrink = asymmetry - 2.0 * half_asymmetry
+    dropped = shrink > 8.0 * (narrow.roundoff + narrower.roundoff) and shrink > 0.1 * asymmetry
     if stuck or dropped:
         return None
     return narrow.numeric, noise, error
