@@ -76,6 +76,8 @@ class ParamReport:
             element a failing direction was narrowed down to), or ``None``.
         worst_analytic: The analytic partial derivative at ``worst_index``.
         worst_numeric: The central-difference estimate at ``worst_index``.
+        worst_owners: For a sharded model, the ranks whose shards hold ``worst_index`` (one
+            rank, or several for a replicated element); ``None`` otherwise.
         hint: One line saying what the numbers suggest, or ``""``.
         judged_by: How the verdict was reached: ``"screen"`` (jointly with the other
             tensors, no probe of its own beyond its coordinates), ``"probed"`` (its own
@@ -101,6 +103,7 @@ class ParamReport:
     hint: str = ""
     judged_by: str = "probed"
     evaluations: int = 0
+    worst_owners: tuple[int, ...] | None = None
 
     @property
     def passed(self) -> bool:
@@ -108,8 +111,11 @@ class ParamReport:
         return self.status.passed
 
     def to_dict(self) -> dict[str, Any]:
-        """A strict-JSON-ready dict (built-in types only, no NaN or infinity)."""
-        return {
+        """A strict-JSON-ready dict (built-in types only, no NaN or infinity).
+
+        ``worst_owners`` appears only for a sharded model's tensors.
+        """
+        record = {
             "name": self.name,
             "shape": list(self.shape),
             "dtype": self.dtype,
@@ -127,6 +133,9 @@ class ParamReport:
             "judged_by": self.judged_by,
             "evaluations": self.evaluations,
         }
+        if self.worst_owners is not None:
+            record["worst_owners"] = list(self.worst_owners)
+        return record
 
 
 @attrs.frozen
@@ -271,6 +280,15 @@ def _fmt_index(index: tuple[int, ...] | None) -> str:
     return "[" + ", ".join(str(i) for i in index) + "]"
 
 
+def _fmt_owners(owners: tuple[int, ...] | None) -> str:
+    """`` on rank 1`` / `` on ranks 0,1`` after a sharded model's worst element; else nothing."""
+    if owners is None:
+        return ""
+    if len(owners) == 1:
+        return f" on rank {owners[0]}"
+    return " on ranks " + ",".join(str(r) for r in owners)
+
+
 def format_report(report: CheckReport) -> str:
     """The readable per-tensor table that ``str(report)`` shows."""
     count = len(report.params)
@@ -322,7 +340,7 @@ def format_report(report: CheckReport) -> str:
                 p.status.value.upper() if not p.status.passed else p.status.value,
                 f"{p.difference:.2e}",
                 probes,
-                _fmt_index(p.worst_index),
+                _fmt_index(p.worst_index) + _fmt_owners(p.worst_owners),
                 _fmt_number(p.worst_analytic),
                 _fmt_number(p.worst_numeric),
             )

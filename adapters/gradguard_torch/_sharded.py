@@ -34,7 +34,7 @@ import math
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,12 +42,13 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 
+from gradguard.engine.directions import Direction
 from gradguard.engine.layout import Layout
+from gradguard.engine.values import transposed_positions
 from gradguard.errors import GradientError, InvalidParamsError, LossError
 from gradguard.kit import notes
 from gradguard.kit.contract import FlatView, IndexArray
 from gradguard.kit.dtypes import least_precise
-from gradguard.kit.gradients import autodiff_gradient
 from gradguard.kit.restoring import run_all
 from gradguard_torch._adapter import (
     _LOSS_DTYPES,
@@ -58,7 +59,6 @@ from gradguard_torch._adapter import (
     _Grads,
     _module_entries,
     _RngState,
-    _to_numpy,
     unwrap_module,
 )
 from gradguard_torch._compat import default_store
@@ -184,33 +184,86 @@ def agree_seed(params: object, seed: int) -> int | None:
 # -- one checked tensor ------------------------------------------------------------------------
 
 
+def _local_positions(
+    shape: tuple[int, ...], mesh: Any, placements: Any, local_shape: tuple[int, ...]
+) -> IndexArray:
+    """The global flat position of each element of this rank's shard, in the shard's order.
+
+    Every placement of a parameter (``Shard``, ``_StridedShard``, ``Replicate``) acts on one
+    tensor dimension, so a shard is the product of one set of global coordinates per dimension.
+    Each set comes from DTensor's own sharding of that dimension's ``arange`` (no communication,
+    memory the sum of the dimensions), which handles ``_StridedShard`` on a 2-D mesh.
+    """
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    coordinates = []
+    for d, n in enumerate(shape):
+        mapped: list[Any] = []
+        for placement in placements:
+            if isinstance(placement, Shard) and placement.dim % len(shape) == d:
+                if isinstance(placement, _StridedShard):
+                    mapped.append(_StridedShard(0, split_factor=placement.split_factor))
+                else:
+                    mapped.append(Shard(0))
+            else:
+                mapped.append(Replicate())
+        ids = torch.arange(n, dtype=torch.int64)
+        local = distribute_tensor(ids, mesh, mapped, src_data_rank=None).to_local()
+        coordinates.append(local.cpu().numpy().astype(np.intp))
+    if tuple(c.size for c in coordinates) != local_shape:
+        raise InvalidParamsError(
+            f"gradguard cannot map a local shard of shape {local_shape} to global element "
+            f"indices for placements {tuple(placements)}; please report it"
+        )
+    strides = np.cumprod((1, *shape[:0:-1]))[::-1] if shape else np.ones(0, dtype=np.intp)
+    positions = np.zeros(local_shape, dtype=np.intp)
+    for d, (c, stride) in enumerate(zip(coordinates, strides, strict=True)):
+        view = [1] * len(shape)
+        view[d] = c.size
+        positions += (c * int(stride)).reshape(view)
+    return positions.reshape(-1)
+
+
 class _ShardSlot:
-    """One checked parameter: its unsharded values, and where its local shard sits in them."""
+    """One checked parameter: its local shard, where the shard sits in the whole tensor, its
+    saved values and (after the first evaluation) its local gradient.
+
+    Nothing of global size is kept: the position map is a range for a contiguous shard
+    (FSDP2's ``Shard(0)``) and an index array only for other layouts.
+    """
 
     def __init__(self, name: str, param: torch.Tensor, dtensor: type | None) -> None:
         self.name = name
         self.param = param
         self.shape = tuple(param.shape)
+        self.size = int(math.prod(self.shape))
         self.np_dtype = _NUMPY_DTYPES[param.dtype]
         self.exact = self.np_dtype == np.float64
         self.sharded = dtensor is not None and isinstance(param, dtensor)
+        self._positions: IndexArray | None = None
+        self._start = 0
+        self._sorted: IndexArray | None = None
+        self._order: IndexArray | None = None
         with torch.no_grad():
             if self.sharded:
-                from torch.distributed.tensor import distribute_tensor
-
                 local = param.to_local()  # type: ignore[attr-defined]
-                full = param.full_tensor()  # type: ignore[attr-defined]
                 mesh, placements = param.device_mesh, param.placements  # type: ignore[attr-defined]
-                ids = torch.arange(param.numel(), dtype=torch.int64, device=local.device)
-                ids = distribute_tensor(ids.reshape(self.shape), mesh, placements).to_local()
+                self.mesh, self.placements_of = mesh, placements
                 self.placements = f"{tuple(placements)} on mesh {tuple(mesh.shape)}"
-                index = ids.reshape(-1).cpu().numpy().astype(np.intp)
-                self.index: IndexArray | None = index
+                positions = _local_positions(self.shape, mesh, placements, tuple(local.shape))
+                start = int(positions[0]) if positions.size else 0
+                if np.array_equal(positions, np.arange(start, start + positions.size)):
+                    self._start = start  # a contiguous block: no map to keep
+                else:
+                    self._positions = positions
+                    order = np.argsort(positions, kind="stable")
+                    self._sorted = positions[order]
+                    self._order = order.astype(np.intp)
             else:  # a plain parameter of a sharded model: replicated, every rank writes it
                 local = param
-                full = param.detach()
                 self.placements = "replicated (not a DTensor)"
-                self.index = None
+        self.local_size = int(local.numel())
         self.data = local.data  # writes bypass autograd's version counter
         if not self.data.is_contiguous():
             raise InvalidParamsError(
@@ -220,26 +273,35 @@ class _ShardSlot:
         self.flat = self.data.view(-1)
         self.saved = self.data.clone()
         self.saved_flat = self.saved.view(-1)
-        original = full.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy().copy()
-        original.flags.writeable = False
-        self.original: FloatArray = original
-        if self.index is not None:
-            # The map must reproduce the local shard from the unsharded values exactly.
-            mine = original[self.index]
-            here = self.saved_flat.detach().to(device="cpu", dtype=torch.float64).numpy()
-            if not np.array_equal(mine, here):
-                raise InvalidParamsError(
-                    f"parameter {name!r} ({self.placements}): gradguard cannot map its local "
-                    "shard to global element indices for these placements; please report it"
-                )
-            order = np.argsort(self.index, kind="stable")
-            self._sorted = self.index[order]
-            self._order = order.astype(np.intp)
+        # Whether this rank's sums count this shard (one replica of each element counts).
+        self.primary = True
+        self.grad: FloatArray = np.zeros(0)  # the local gradient, float64, after evaluation
+
+    def positions(self) -> IndexArray:
+        """The global flat positions of the local elements, in local order."""
+        if self._positions is not None:
+            return self._positions
+        if not self.sharded:
+            return np.arange(self.size, dtype=np.intp)
+        return np.arange(self._start, self._start + self.local_size, dtype=np.intp)
+
+    def fingerprint(self) -> tuple[int, int, int]:
+        """What identifies this shard's set of elements (replicas share it)."""
+        p = self.positions()
+        return self.local_size, int(p.sum()) if p.size else 0, int(p[0]) if p.size else -1
+
+    def saved64(self) -> FloatArray:
+        values: FloatArray = self.saved_flat.detach().to(device="cpu", dtype=torch.float64).numpy()
+        return values
 
     def position(self, global_index: int) -> int | None:
         """Where element ``global_index`` sits in this rank's shard, or ``None`` if elsewhere."""
-        if self.index is None:
+        if not self.sharded:
             return global_index
+        if self._sorted is None:
+            local = global_index - self._start
+            return local if 0 <= local < self.local_size else None
+        assert self._order is not None
         k = int(np.searchsorted(self._sorted, global_index))
         if k < self._sorted.size and int(self._sorted[k]) == global_index:
             return int(self._order[k])
@@ -248,14 +310,18 @@ class _ShardSlot:
     def write(self, index: IndexArray | None, stored: npt.NDArray[Any]) -> None:
         """Write ``stored`` (already in the tensor's dtype) at global positions, own shard only."""
         if index is None:
-            local = stored if self.index is None else stored[self.index]
-            source = torch.from_numpy(np.ascontiguousarray(local)).to(self.data.device)
-            self.flat.copy_(source)
+            local = stored if not self.sharded else stored[self.positions()]
+            self.write_local(local)
             return
         for i, value in zip(index, stored, strict=True):
             pos = self.position(int(i))
             if pos is not None:
                 self.flat[pos] = float(value)
+
+    def write_local(self, local: npt.NDArray[Any]) -> None:
+        """Write a whole local shard (already in the tensor's dtype)."""
+        source = torch.from_numpy(np.ascontiguousarray(local)).to(self.data.device)
+        self.flat.copy_(source)
 
     def reset(self, index: IndexArray | None) -> None:
         if index is None:
@@ -290,6 +356,8 @@ class ShardedView(FlatView):
     """
 
     adapter = "torch"
+    joint_writes = True  # each rank writes its own shard of every tensor of a joint probe
+    partitioned = True  # no rank holds whole tensors: the view serves the engine's reductions
 
     def __init__(self, module: torch.nn.Module, loss: Callable[..., Any], grad: Any) -> None:
         module = unwrap_module(module)
@@ -311,6 +379,7 @@ class ShardedView(FlatView):
         # Rank 0's id names this check's failure messages in the store on every rank.
         self._check_id = _broadcast_int(secrets.randbits(62), self._group)
         self._slots = [_ShardSlot(name, p, dtensor) for name, p in entries]
+        self._agree_replicas()
         self.layout = Layout.from_tensors(
             [(slot.name, slot.shape, slot.np_dtype) for slot in self._slots]
         )
@@ -321,7 +390,10 @@ class ShardedView(FlatView):
         self._loss_dtype: np.dtype[Any] = least_precise(*(s.np_dtype for s in self._slots))
         self._seen_loss_dtype: torch.dtype | None = None
         self._first = True
-        self._gradient: FloatArray | None = None
+        self._has_gradient = False
+        self._elements: dict[tuple[int, int], tuple[float, float]] = {}
+        self._along: dict[int, float] = {}  # per tensor, this rank's share of g . v
+        self._plus: dict[int, FloatArray] = {}  # per tensor, the local values of x + step v
         self._probed: dict[tuple[int, int], bool] = {}  # (segment, element) -> this rank owns it
         self._owners: str | None = None
         self._notes: dict[str, str | int | float | bool | None] = {
@@ -497,35 +569,237 @@ class ShardedView(FlatView):
         except Exception as exc:
             failure = exc
         self._agree(0.0, failure, "backward pass")
-        self._gradient = self._gather_gradient()
+        self._local_gradients()
         self._grads.restore()
         return agreed
 
-    def _gather_gradient(self) -> FloatArray:
+    def _local_gradients(self) -> None:
+        """Each tensor's local gradient shard, as float64, aligned with its local values.
+
+        Nothing is gathered. A gradient whose placements differ from its parameter's (a
+        ``Partial`` sum) is redistributed to the parameter's; a plain parameter's is averaged
+        over ranks (different data per rank, as for the loss). A missing gradient counts as
+        zero and is named in the notes; a non-finite one is refused on every rank alike.
+        """
         dtensor = _dtensor_type()
-        grads: list[torch.Tensor | None] = []
+        missing = []
         for slot in self._slots:
             grad = slot.param.grad
             if grad is None:
-                grads.append(None)
-            elif dtensor is not None and isinstance(grad, dtensor):
-                grads.append(grad.full_tensor())  # type: ignore[attr-defined]
+                missing.append(slot.name)
+                slot.grad = np.zeros(slot.local_size)
+                continue
+            if dtensor is not None and isinstance(grad, dtensor):
+                shard: Any = grad
+                if tuple(shard.placements) != tuple(slot.placements_of):
+                    shard = shard.redistribute(slot.mesh, slot.placements_of)
+                local = shard.to_local()
             else:  # a replicated parameter: the mean over ranks, as for the loss
-                full = grad.detach().to(device="cpu", dtype=torch.float64).clone()
-                dist.all_reduce(full, group=self._group)
-                grads.append(full / self.world)
-        return autodiff_gradient(
-            self.layout,
-            grads,
-            self._notes,
-            to_array=_to_numpy,
-            source="the sharded gradient",
+                local = grad.detach().to(device="cpu", dtype=torch.float64).clone()
+                dist.all_reduce(local, group=self._group)
+                local = local / self.world
+            slot.grad = local.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
+        if missing:
+            self._notes[notes.NO_GRADIENT] = ", ".join(missing)
+        bad = self._reduce(
+            np.array([float(np.count_nonzero(~np.isfinite(slot.grad))) for slot in self._slots])
         )
+        for slot, count in zip(self._slots, bad, strict=True):
+            if count:
+                raise GradientError(
+                    f"the sharded gradient for {slot.name!r} (shape {slot.shape}) holds "
+                    f"{int(count)} non-finite value(s) (summed over ranks); a NaN or an infinity "
+                    "in the backward pass: check the loss and any custom backward for a division "
+                    "by zero, a log of 0 or an overflow"
+                )
+        self._has_gradient = True
+
+    # -- collectives of the reductions ----------------------------------------------------------
+
+    def _agree_replicas(self) -> None:
+        """Decide, once, which rank's shard counts in sums (one replica of every element).
+
+        Ranks whose shards hold the same elements (a ``Replicate`` mesh dimension, a layer on
+        a sub-mesh, a plain parameter) are replicas: only the lowest of them counts.
+        """
+        mine = torch.tensor([slot.fingerprint() for slot in self._slots], dtype=torch.int64)
+        table = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(table, mine, group=self._group)
+        rows = torch.stack(table).numpy()  # (rank, slot, fingerprint)
+        for t, slot in enumerate(self._slots):
+            same = [r for r in range(self.rank) if np.array_equal(rows[r, t], rows[self.rank, t])]
+            slot.primary = slot.local_size > 0 and not same
+
+    def _reduce(self, values: FloatArray, op: Any = None) -> FloatArray:
+        """Element-wise sum (or ``op``) over ranks, on gradguard's own group."""
+        tensor = torch.from_numpy(np.array(values, dtype=np.float64))
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op is None else op, group=self._group)
+        return tensor.numpy()
+
+    def _gather_rows(self, row: FloatArray) -> FloatArray:
+        """Every rank's ``row``, stacked: shape (world, len(row))."""
+        mine = torch.from_numpy(np.array(row, dtype=np.float64))
+        table = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(table, mine, group=self._group)
+        return torch.stack(table).numpy()
+
+    def _from_owners(self, segment: int, positions: IndexArray, local: FloatArray) -> FloatArray:
+        """The values at global ``positions`` from the ranks that hold them (the lowest one).
+
+        ``local[k]`` is this rank's value when it holds ``positions[k]``.
+        """
+        slot = self._slots[segment]
+        if not slot.sharded:
+            return local
+        held = np.array([slot.position(int(i)) is not None for i in positions], dtype=np.float64)
+        rows = self._gather_rows(np.concatenate([held, np.where(held > 0, local, 0.0)]))
+        n = positions.size
+        owner = np.argmax(rows[:, :n] > 0, axis=0)  # the lowest rank holding each
+        values: FloatArray = rows[owner, n + np.arange(n)]
+        return values
+
+    # -- the engine's reductions (FlatView, partitioned) ------------------------------------------
+
+    def original_summary(self) -> tuple[FloatArray, FloatArray]:
+        squares, largest = [], []
+        for slot in self._slots:
+            x = slot.saved64()
+            squares.append(float(np.dot(x, x)) if slot.primary else 0.0)
+            largest.append(float(np.max(np.abs(x))) if x.size else 0.0)
+        return self._reduce(np.array(squares)), self._reduce(np.array(largest), dist.ReduceOp.MAX)
+
+    def gradient_summary(self) -> tuple[float, npt.NDArray[np.int64]]:
+        if not self._has_gradient:
+            raise GradientError("the gradient could not be computed: the loss is not finite")
+        squares = sum(float(np.dot(slot.grad, slot.grad)) for slot in self._slots if slot.primary)
+        nonzero = [float(np.count_nonzero(s.grad)) if s.primary else 0.0 for s in self._slots]
+        total = self._reduce(np.array([squares, *nonzero]))
+        return float(total[0]), total[1:].astype(np.int64)
+
+    def element(self, segment: int, local: int) -> tuple[float, float]:
+        key = (segment, local)
+        if key not in self._elements:
+            slot = self._slots[segment]
+            pos = slot.position(local)
+            mine = np.zeros(2)
+            if pos is not None:
+                mine = np.array([float(slot.saved_flat[pos]), float(slot.grad[pos])])
+            positions = np.array([local, local], dtype=np.intp)
+            x, g = self._from_owners(segment, positions, mine)
+            self._elements[key] = (float(x), float(g))
+        return self._elements[key]
+
+    def gradient_elements(
+        self, segment: int, positions: IndexArray, transposed: bool = False
+    ) -> FloatArray:
+        slot = self._slots[segment]
+        if transposed:
+            positions = transposed_positions(positions, slot.shape)
+        mine = np.zeros(positions.size)
+        for k, i in enumerate(positions):
+            pos = slot.position(int(i))
+            if pos is not None:
+                mine[k] = slot.grad[pos]
+        return self._from_owners(segment, positions, mine)
+
+    def write_along(self, segment: int, direction: Direction, step: float) -> None:
+        slot = self._slots[segment]
+        positions = slot.positions()
+        values = slot.saved64() + step * direction.values(positions)
+        stored = values if slot.exact else values.astype(slot.np_dtype)
+        with torch.no_grad():
+            slot.write_local(stored)
+        if step > 0.0:
+            self._plus[segment] = values if slot.exact else stored.astype(np.float64)
+            return
+        plus = self._plus.pop(segment)
+        share = 0.0
+        if slot.primary:
+            if slot.exact:  # stored as computed: g . v, as the engine's whole-vector path
+                share = float(np.dot(slot.grad, direction.values(positions)))
+            else:  # along the steps actually stored, rounded to the dtype
+                share = float(np.dot(slot.grad, plus - stored.astype(np.float64))) / (-2.0 * step)
+        self._along[segment] = share
+
+    def gradient_along(self, segment: int, direction: Direction, step: float) -> float:
+        return float(self._reduce(np.array([self._along.pop(segment)]))[0])
+
+    def gradient_dot(self, segment: int, direction: Direction, transposed: bool = False) -> float:
+        slot = self._slots[segment]
+        positions = slot.positions()
+        if transposed:
+            positions = transposed_positions(positions, slot.shape)
+        share = float(np.dot(slot.grad, direction.values(positions))) if slot.primary else 0.0
+        return float(self._reduce(np.array([share]))[0])
+
+    def gradient_dots(self, parts: Mapping[int, FloatArray]) -> dict[int, float]:
+        shares = [
+            float(np.dot(self._slots[s].grad, v[self._slots[s].positions()]))
+            if self._slots[s].primary
+            else 0.0
+            for s, v in parts.items()
+        ]
+        return dict(zip(parts, (float(v) for v in self._reduce(np.array(shares))), strict=True))
+
+    def nonzero_positions(self, segment: int, ranks: IndexArray) -> IndexArray:
+        """By bisection over positions: each round, one all-reduce of the counts below."""
+        slot = self._slots[segment]
+        ranks = np.asarray(ranks, dtype=np.intp)
+        mine = np.sort(slot.positions()[slot.grad != 0]) if slot.primary else np.zeros(0)
+        lo = np.zeros(ranks.size, dtype=np.intp)
+        hi = np.full(ranks.size, slot.size - 1, dtype=np.intp)
+        while bool(np.any(lo < hi)):  # the same on every rank: the counts are agreed
+            mid = (lo + hi) // 2
+            below = self._reduce(np.searchsorted(mine, mid, side="right").astype(np.float64))
+            more = below > ranks
+            hi = np.where(more, mid, hi)
+            lo = np.where(more, lo, mid + 1)
+        return lo
+
+    def largest_gradient_outside(self, segment: int, lo: int, hi: int) -> int | None:
+        """The position of the largest ``|g|`` outside the block, the first on ties: with no
+        gradient outside, that is the first position outside, as the engine's dense rule says."""
+        slot = self._slots[segment]
+        positions = slot.positions()
+        outside = (positions < lo) | (positions > hi)
+        best, where = -1.0, float(slot.size)
+        if np.any(outside):
+            g = np.abs(slot.grad[outside])
+            best = float(np.max(g))
+            where = float(np.min(positions[outside][g == best]))
+        rows = self._gather_rows(np.array([best, where]))
+        top = float(np.max(rows[:, 0]))
+        if top < 0.0:
+            return None
+        return int(np.min(rows[rows[:, 0] == top, 1]))
+
+    def element_owners(self, items: Sequence[tuple[int, int]]) -> list[tuple[int, ...]] | None:
+        """The ranks whose shards hold each (tensor, flat position) of ``items``."""
+        held = np.array(
+            [self._slots[s].position(i) is not None for s, i in items], dtype=np.float64
+        )
+        rows = self._gather_rows(held) if items else np.zeros((self.world, 0))
+        return [tuple(int(r) for r in np.flatnonzero(rows[:, k] > 0)) for k in range(len(items))]
 
     # -- FlatView ------------------------------------------------------------------------------
 
     def original(self, segment: int) -> FloatArray:
-        return self._slots[segment].original
+        """The tensor's whole original values, gathered (collective; joint screening reads one
+        tensor at a time, nothing else does)."""
+        slot = self._slots[segment]
+        if not slot.sharded:
+            return slot.saved64().copy()
+        from torch.distributed.tensor import DTensor
+
+        whole = DTensor.from_local(
+            slot.saved,
+            slot.mesh,
+            slot.placements_of,
+            run_check=False,
+            shape=slot.param.shape,
+            stride=slot.param.stride(),
+        ).full_tensor()
+        return whole.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
 
     def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
         slot = self._slots[segment]
@@ -563,9 +837,15 @@ class ShardedView(FlatView):
         return self._loss_dtype
 
     def gradient(self) -> FloatArray:
-        if self._gradient is None:
+        """The whole gradient, assembled over ranks (collective; the engine never asks a
+        partitioned view for it: it asks for :meth:`gradient_summary` and the reductions)."""
+        if not self._has_gradient:
             raise GradientError("the gradient could not be computed: the loss is not finite")
-        return self._gradient
+        whole = np.zeros(self.layout.size)
+        for segment, slot in zip(self.layout, self._slots, strict=True):
+            if slot.primary:
+                whole[segment.offset + slot.positions()] = slot.grad
+        return self._reduce(whole)
 
     @property
     def notes(self) -> dict[str, str | int | float | bool | None]:

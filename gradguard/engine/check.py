@@ -32,16 +32,18 @@ suspect (group testing) or cannot resolve; the others are judged by the screen.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal, NamedTuple, overload
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
+from gradguard.engine.directions import Direction
 from gradguard.engine.hints import diagnose_failure, zero_hint
 from gradguard.engine.layout import Layout
 from gradguard.engine.numerics import (
@@ -52,14 +54,10 @@ from gradguard.engine.numerics import (
     relative_difference,
     unit_roundoff,
 )
-from gradguard.engine.sampling import (
-    allocate,
-    rademacher_signs,
-    sample_coordinates,
-    sample_where_gradient_lives,
-)
+from gradguard.engine.sampling import allocate, sample_among_nonzero, sample_coordinates
 from gradguard.engine.screen import ScreenOutcome, screen
 from gradguard.engine.selection import Selection
+from gradguard.engine.values import DenseValues, TensorValues
 from gradguard.engine.verdict import BLIND_FACTOR, NOISE_FACTOR, Evidence, allowance, classify
 from gradguard.errors import LossError, SettingsError
 from gradguard.results import CheckReport, ParamReport, Status, overall_status
@@ -288,6 +286,29 @@ class _Difference(NamedTuple):
     span: float
 
 
+class _Gathered(Sequence[FloatArray]):
+    """A partitioned view's whole originals, one tensor gathered per access, never kept.
+
+    Only joint screening (:mod:`gradguard.engine.screen`) reads whole originals; everything
+    else in the check goes through the view's reductions.
+    """
+
+    def __init__(self, view: FlatView) -> None:
+        self._view = view
+
+    def __len__(self) -> int:
+        return len(self._view.layout)
+
+    @overload
+    def __getitem__(self, index: int) -> FloatArray: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[FloatArray]: ...
+    def __getitem__(self, index: int | slice) -> FloatArray | Sequence[FloatArray]:
+        if isinstance(index, slice):
+            return [self._view.original(s) for s in range(len(self))[index]]
+        return self._view.original(index)
+
+
 class _Run:
     """The state of one check while it runs."""
 
@@ -303,12 +324,16 @@ class _Run:
         self.loss_noise = 0.0  # measured round-off of one loss evaluation (0: not measured)
         self.u_grad = 0.0  # unit round-off of the analytic gradient's dtype
         self.grad_tiny = 0.0  # its smallest normal number, when less precise than the loss
-        self.originals: list[FloatArray] = []
+        # Whole original values: a list of flat vectors, or, for a partitioned view, a lazy
+        # sequence gathering one tensor per access (joint screening only reads them).
+        self.originals: Sequence[FloatArray] = []
         self.rms: list[float] = []
-        self._buffers: dict[int, tuple[FloatArray, FloatArray]] = {}
-        self.grad: FloatArray = np.empty(0)
-        # Per tensor, its directions as int8 signs; the unit vector is signs / sqrt(size).
-        self.directions: list[list[npt.NDArray[np.int8]]] = []
+        self.largest: list[float] = []  # per tensor, the largest |x|
+        # Reductions of the originals and the gradient (whole vectors, or served by the view).
+        self.values: TensorValues = DenseValues(view.layout, [], np.empty(0), view.write)
+        self.nonzero: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        # Per tensor, its random directions, addressed by global element index.
+        self.directions: list[list[Direction]] = []
         self.probes = _Probes()
         self.relative_step = settings.eps is None
         self.u = 0.0
@@ -339,10 +364,6 @@ class _Run:
             )
         return value
 
-    def segment_grad(self, s: int) -> FloatArray:
-        segment = self.layout[s]
-        return self.grad[segment.offset : segment.stop]
-
     def _describe(self, s: int | None, local: int | None, step: float) -> str:
         if s is None:
             return "at the unperturbed parameters"
@@ -354,7 +375,7 @@ class _Run:
 
     def coordinate(self, s: int, local: int, scale: float = 1.0) -> _Difference:
         """Central difference along one element (``scale`` shrinks the step)."""
-        x = float(self.originals[s][local])
+        x, analytic = self.values.element(s, local)
         step = self.h * max(1.0, abs(x)) * scale if self.relative_step else self.h * scale
         view = self.view
         plus = view.write_element(s, local, x + step)
@@ -368,58 +389,31 @@ class _Run:
             d_plus = d_minus = step  # the seed recipe divides by 2 * eps
         return _Difference(
             numeric=(j_plus - j_minus) / (d_plus + d_minus),
-            analytic=float(self.segment_grad(s)[local]),
+            analytic=analytic,
             forward=(j_plus - self.loss0) / d_plus,
             backward=(self.loss0 - j_minus) / d_minus,
             roundoff=self.noise(j_plus, j_minus) / (d_plus + d_minus),
             span=d_plus + d_minus,
         )
 
-    def direction(
-        self, s: int, v: npt.NDArray[np.int8] | FloatArray, scale: float = 1.0
-    ) -> _Difference:
-        """Central difference along a direction over one tensor.
-
-        ``v`` is either int8 signs (the unit vector ``v / sqrt(size)``) or a float unit vector
-        (zeros allowed: bisection restricts a direction to part of the tensor).
-        """
-        x = self.originals[s]
+    def direction(self, s: int, v: Direction, scale: float = 1.0) -> _Difference:
+        """Central difference along a unit direction over one tensor (``scale`` shrinks the
+        step); bisection restricts a direction to part of the tensor."""
         step = self.h * scale * (max(1.0, self.rms[s]) if self.relative_step else 1.0)
-        unit = 1.0 / math.sqrt(v.size) if v.dtype == np.int8 else 1.0
-        # Two reusable buffers per tensor: no fresh multi-megabyte temporaries per probe.
-        up, down = self.buffers(s)
-        np.multiply(v, step * unit, out=down)
-        np.add(x, down, out=up)
-        plus = self.view.write(s, None, up)
+        values = self.values
+        values.write_along(s, v, step)
         j_plus = self.loss(s, None, step)
-        np.subtract(x, down, out=down)
-        minus = self.view.write(s, None, down)
+        values.write_along(s, v, -step)
         j_minus = self.loss(s, None, -step)
         self.view.reset(s, None)
-        g = self.segment_grad(s)
-        if plus is up and minus is down and self.layout[s].dtype == np.float64:
-            # Stored as computed: x +- step*v differ from step*v by float64 rounding only,
-            # ~1e-16 |x| per element, averaging out; g . v is then exact to ~1e-10 relative.
-            analytic = float(np.dot(g, v)) * unit
-        else:
-            # The analytic change along the steps actually stored (rounded to the tensor's
-            # dtype), from their difference: dot(g, plus) - dot(g, minus) would cancel.
-            np.subtract(plus, minus, out=up)
-            analytic = float(np.dot(g, up)) / (2.0 * step)
         return _Difference(
             numeric=(j_plus - j_minus) / (2.0 * step),
-            analytic=analytic,
+            analytic=values.gradient_along(s, v, step),
             forward=(j_plus - self.loss0) / step,
             backward=(self.loss0 - j_minus) / step,
             roundoff=self.noise(j_plus, j_minus) / (2.0 * step),
             span=2.0 * step,
         )
-
-    def buffers(self, s: int) -> tuple[FloatArray, FloatArray]:
-        if s not in self._buffers:
-            size = self.layout[s].size
-            self._buffers[s] = (np.empty(size), np.empty(size))
-        return self._buffers[s]
 
     def noise(self, j_plus: float, j_minus: float) -> float:
         """A-priori error of ``J(+) - J(-)`` from round-off and observed jitter."""
@@ -491,8 +485,19 @@ def run_check(
     chosen = _chosen_segments(layout, settings.tensors)
     if selection is not None:
         chosen = list(selection.tensors(layout, chosen))
-    run.originals = [view.original(s) for s in range(len(layout))]
-    run.rms = [math.sqrt(float(np.dot(x, x)) / x.size) if x.size else 0.0 for x in run.originals]
+    partitioned = bool(getattr(view, "partitioned", False))
+    if partitioned:
+        run.originals = _Gathered(view)
+        squares, largest = view.original_summary()
+    else:
+        run.originals = [view.original(s) for s in range(len(layout))]
+        run.values = DenseValues(layout, run.originals, np.empty(0), view.write)
+        squares, largest = run.values.original_summary()
+    run.rms = [
+        math.sqrt(float(squares[s]) / segment.size) if segment.size else 0.0
+        for s, segment in enumerate(layout)
+    ]
+    run.largest = [float(m) for m in largest]
     if settings.eps is not None:
         _check_step(run, chosen, float(settings.eps))
 
@@ -501,7 +506,11 @@ def run_check(
     loss_dtype = view.loss_dtype
     run.u = unit_roundoff(loss_dtype)
     run.h = settings.eps if settings.eps is not None else default_step(loss_dtype)
-    run.grad = view.gradient()
+    if partitioned:
+        run.values = view  # FlatView serves TensorValues
+    else:
+        run.values = DenseValues(layout, run.originals, view.gradient(), view.write)
+    grad_squares, run.nonzero = run.values.gradient_summary()
     run.gradient_calls += 1
     # Forward mode's analytic side is the view's JVP, computed where the loss is evaluated.
     gradient_dtype = view.gradient_dtype if settings.mode == "reverse" else loss_dtype
@@ -537,7 +546,7 @@ def run_check(
 
     # The model's gradient scale: RMS of the analytic gradient over every element. A unit
     # direction's derivative has the same scale as one element's.
-    scale = math.sqrt(float(np.dot(run.grad, run.grad)) / run.grad.size) if run.grad.size else 0.0
+    scale = math.sqrt(grad_squares / layout.size) if layout.size else 0.0
     run.scale = scale
     run.floor_u = max(run.u, _GRADIENT_FLOOR_SHARE * run.u_grad)
     n_directions = settings.resolved_directions
@@ -560,7 +569,7 @@ def run_check(
     own = set(probed)
     # A tensor whose every element is a coordinate probe gains nothing from directions.
     run.directions = [
-        [rademacher_signs(segment.size, run.rng) for _ in range(n_directions)]
+        [Direction.draw(segment.size, run.rng) for _ in range(n_directions)]
         if s in own and s in picks and len(picks[s]) < segment.size
         else []
         for s, segment in enumerate(layout)
@@ -600,6 +609,7 @@ def run_check(
         for s, (e, cleared) in outcome.cleared.items():
             judgements[s] = _screened(run, s, coordinate_members[s], e, cleared)
 
+    owners = _worst_owners(run, chosen, judgements)
     reports = []
     for s in chosen:
         segment = layout[s]
@@ -623,6 +633,7 @@ def run_check(
                 hint=judgement.hint,
                 judged_by=judged_by,
                 evaluations=run.spent.get(s, 0),
+                worst_owners=owners.get(s),
             )
         )
     status = overall_status(reports)
@@ -661,6 +672,24 @@ def run_check(
     )
 
 
+def _worst_owners(
+    run: _Run, chosen: list[int], judgements: dict[int, _Judgement]
+) -> dict[int, tuple[int, ...]]:
+    """The ranks holding each tensor's worst element, for a view that knows (a sharded one)."""
+    named = [s for s in chosen if judgements[s].worst_index is not None]
+    items = []
+    for s in named:
+        index = judgements[s].worst_index
+        assert index is not None
+        shape = run.layout[s].shape
+        items.append((s, int(np.ravel_multi_index(index, shape)) if shape else 0))
+    ask = getattr(run.view, "element_owners", None)  # a FlatView's default answers None
+    owners = ask(items) if ask is not None else None
+    if owners is None:
+        return {}
+    return dict(zip(named, owners, strict=True))
+
+
 def _check_step(run: _Run, chosen: list[int], eps: float) -> None:
     """Refuse a step the parameters' dtype cannot use, before any evaluation.
 
@@ -671,11 +700,10 @@ def _check_step(run: _Run, chosen: list[int], eps: float) -> None:
     """
     for s in chosen:
         segment = run.layout[s]
-        x = run.originals[s]
-        if not x.size:
+        if not segment.size:
             continue
         dtype = np.dtype(segment.dtype)
-        largest = float(np.max(np.abs(x)))
+        largest = run.largest[s]
         tiny = float(np.finfo(dtype).tiny)  # type: ignore[type-var]  # a float dtype by contract
         lowest = max(tiny, float(np.spacing(dtype.type(largest))))
         highest = max(1.0, largest)
@@ -718,7 +746,7 @@ def _screened(
         worst = (segment.unravel(p.local[i]), p.analytic[i], p.numeric[i])
     if status is Status.ZERO:
         difference = e.zero_difference()
-        hint = zero_hint(all_analytic_zero=not bool(np.any(run.segment_grad(s))))
+        hint = zero_hint(all_analytic_zero=not run.nonzero[s])
     else:
         difference = relative_difference(e.analytic, e.numeric)
         hint = ""
@@ -761,12 +789,14 @@ def _pick_coordinates(
         return dict(zip(chosen, taken, strict=True))
     picks = {}
     for s, count in zip(chosen, counts, strict=True):
-        g = run.segment_grad(s)
-        if 0 < count < g.size and 0 < int(np.count_nonzero(g)) < g.size:
-            picks[s] = sample_where_gradient_lives(g, count, run.rng)
+        size, nonzero = layout[s].size, int(run.nonzero[s])
+        if 0 < count < size and 0 < nonzero < size:
+            picks[s] = sample_among_nonzero(
+                size, nonzero, functools.partial(run.values.nonzero_positions, s), count, run.rng
+            )
             run.sparse_sampling = True
         else:
-            picks[s] = sample_coordinates([g.size], [count], run.rng)[0]
+            picks[s] = sample_coordinates([size], [count], run.rng)[0]
     return picks
 
 
@@ -1199,9 +1229,8 @@ def _finish(
         direction_rows = np.flatnonzero(is_direction)
         if direction_rows.size and segment.size > 1:
             j = int(direction_rows[np.argmax(gap[direction_rows] - allowed[direction_rows])])
-            signs = run.directions[s][p.local[members[j]]]
             run.bisected.add(s)
-            found = _bisect(run, s, signs.astype(np.float64) / math.sqrt(signs.size))
+            found = _bisect(run, s, run.directions[s][p.local[members[j]]])
             if found.flat is not None and _agrees_outside(run, s, found.flat, e):
                 confined = found.confined
             if not coordinate_fails:
@@ -1218,7 +1247,7 @@ def _finish(
         hint = diagnose_failure(e, confined=confined)
     elif status is Status.ZERO:
         difference = e.zero_difference()
-        hint = zero_hint(all_analytic_zero=not bool(np.any(run.segment_grad(s))))
+        hint = zero_hint(all_analytic_zero=not run.nonzero[s])
     elif status is Status.INCONCLUSIVE and _unresolved_by_a_small_step(run, members, e):
         hint = (
             f"the loss did not change at all when these elements moved by eps={run.h:.3g}: "
@@ -1304,7 +1333,8 @@ def _name_arrangement_mistakes(
     failing = [s for s, j in judgements.items() if j.status is Status.FAIL]
     for s in failing:
         members = members_of[s]
-        candidates: list[tuple[str, FloatArray]] = []
+        # (message, the tensor whose gradient to read, read it transposed)
+        candidates: list[tuple[str, int, bool]] = []
         shape = layout[s].shape
         for t in range(len(layout)):
             if t != s and layout[t].shape == shape:
@@ -1313,16 +1343,16 @@ def _name_arrangement_mistakes(
                         f"the analytic gradient given for {layout[t].name} matches the finite "
                         f"differences of {layout[s].name}: gradients swapped between tensors "
                         "(a list or tuple in the wrong order?)",
-                        run.segment_grad(t),
+                        t,
+                        False,
                     )
                 )
         if len(shape) == 2 and shape[0] == shape[1] and shape[0] > 1:
-            g = run.segment_grad(s).reshape(shape).T.reshape(-1)
             candidates.append(
-                ("the gradient is transposed (analytic.T matches the finite differences)", g)
+                ("the gradient is transposed (analytic.T matches the finite differences)", s, True)
             )
-        for message, g in candidates:
-            values = np.array([_along(run, s, int(i), g) for i in members])
+        for message, t, transposed in candidates:
+            values = np.array([_along(run, s, int(i), t, transposed) for i in members])
             e = _evidence(run, members, scale)
             e.analytic = values
             if classify(e) is Status.PASS and float(np.linalg.norm(values)) > 0.0:
@@ -1331,20 +1361,21 @@ def _name_arrangement_mistakes(
     return judgements
 
 
-def _along(run: _Run, s: int, i: int, g: FloatArray) -> float:
-    """The derivative ``g`` implies along probe ``i`` of tensor ``s``."""
+def _along(run: _Run, s: int, i: int, t: int, transposed: bool) -> float:
+    """The derivative tensor ``t``'s gradient (transposed or not) implies along probe ``i`` of
+    tensor ``s`` (of the same shape)."""
     p = run.probes
     if not p.is_direction[i]:
-        return float(g[p.local[i]])
-    signs = run.directions[s][p.local[i]]
-    return float(np.dot(g, signs)) / math.sqrt(signs.size)
+        where = np.array([p.local[i]], dtype=np.intp)
+        return float(run.values.gradient_elements(t, where, transposed)[0])
+    return run.values.gradient_dot(t, run.directions[s][p.local[i]], transposed)
 
 
 def _probes(count: int) -> str:
     return f"{count} probe{'s' if count > 1 else ''}"
 
 
-def _bisect(run: _Run, s: int, v: FloatArray) -> _Bisection:
+def _bisect(run: _Run, s: int, v: Direction) -> _Bisection:
     """Narrow a failing direction down to one element by halving its support.
 
     The discrepancy along a direction is the sum of the per-element errors it touches, so
@@ -1355,43 +1386,39 @@ def _bisect(run: _Run, s: int, v: FloatArray) -> _Bisection:
     wrong row ends there; a factor bug spread over the tensor ends at the top).
     """
     segment = run.layout[s]
-    support = np.arange(segment.size, dtype=np.intp)
-    block: npt.NDArray[np.intp] | None = None
+    lo, hi = 0, segment.size  # the support, [lo, hi)
+    block: tuple[int, int] | None = None
     # Screening infers the second half's discrepancy as the parent's minus the first half's
     # (the discrepancy is linear in the direction): one probe per level below the first.
     infer = run.screening
     parent: tuple[float, float] | None = None  # the chosen half's (discrepancy, noise)
-    while support.size > 1:
-        halves = (support[: support.size // 2], support[support.size // 2 :])
+    while hi - lo > 1:
+        middle = lo + (hi - lo) // 2
+        halves = ((lo, middle), (middle, hi))
         measured: list[tuple[float, float]] = []
-        for k, half in enumerate(halves):
+        for k, (first, last) in enumerate(halves):
             if k == 1 and infer and parent is not None:
                 probed = measured[0]
                 measured.append((parent[0] - probed[0], math.hypot(parent[1], probed[1])))
                 continue
-            restricted = np.zeros_like(v)
-            restricted[half] = v[half]
-            norm = float(np.linalg.norm(restricted))
-            if norm == 0.0:
-                measured.append((0.0, 0.0))
-                continue
-            d = run.direction(s, restricted / norm)
+            # The share of the unit direction's norm on this half.
+            norm = math.sqrt((last - first) / segment.size)
+            d = run.direction(s, v.restrict(first, last))
             measured.append((norm * (d.numeric - d.analytic), norm * d.roundoff))
         # Discrepancy per unit of the original direction, beyond what noise explains.
         shares = [max(0.0, abs(gap) - NOISE_FACTOR * noise) for gap, noise in measured]
         larger = int(np.argmax(shares))
         if block is None and shares[larger] < _CONFINED_SHARE * sum(shares):
-            block = support
-        support = halves[larger]
+            block = (lo, hi)
+        lo, hi = halves[larger]
         parent = measured[larger]
-    local = int(support[0])
-    d = run.coordinate(s, local)
-    element = (segment.unravel(local), d.analytic, d.numeric)
+    d = run.coordinate(s, lo)
+    element = (segment.unravel(lo), d.analytic, d.numeric)
     if block is None:
-        block = support
-    if block.size > segment.size // 4:
+        block = (lo, hi)
+    if block[1] - block[0] > segment.size // 4:
         return _Bisection(element, None, None)
-    first, last = int(block[0]), int(block[-1])
+    first, last = block[0], block[1] - 1
     return _Bisection(element, (segment.unravel(first), segment.unravel(last)), (first, last))
 
 
@@ -1409,17 +1436,11 @@ def _agrees_outside(run: _Run, s: int, block: tuple[int, int], e: Evidence) -> b
     gradient outside the block shows the same factor in that case, and agrees when the error
     truly is confined (one wrong row).
     """
-    g = np.abs(run.segment_grad(s))
-    outside = g.copy()
-    outside[block[0] : block[1] + 1] = -1.0
-    local = int(np.argmax(outside))
-    if outside[local] <= 0.0:
-        # No gradient outside the block: any element there says whether the loss agrees
-        # (a detached tensor's numeric side is not zero anywhere; a sparse one's is).
-        rest = np.flatnonzero(outside == 0.0)
-        if not rest.size:
-            return True
-        local = int(rest[0])
+    # With no gradient outside the block, any element there says whether the loss agrees
+    # (a detached tensor's numeric side is not zero anywhere; a sparse one's is).
+    local = run.values.largest_gradient_outside(s, block[0], block[1])
+    if local is None:
+        return True
     d = run.coordinate(s, local)
     one = Evidence(
         np.array([d.analytic]),

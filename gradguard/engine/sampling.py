@@ -6,12 +6,19 @@ Nothing here touches NumPy's global random state: every draw comes from the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["allocate", "rademacher_signs", "sample_coordinates", "sample_where_gradient_lives"]
+__all__ = [
+    "allocate",
+    "rademacher_signs",
+    "sample_among_nonzero",
+    "sample_coordinates",
+    "sample_where_gradient_lives",
+]
 
 
 def allocate(sizes: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
@@ -85,10 +92,37 @@ def sample_where_gradient_lives(
     :func:`sample_coordinates`.
     """
     nonzero = np.flatnonzero(grad)
-    first = rng.choice(nonzero, size=min((count + 1) // 2, nonzero.size), replace=False)
-    rest = np.setdiff1d(np.arange(grad.size, dtype=np.intp), first, assume_unique=True)
-    second = rng.choice(rest, size=count - first.size, replace=False)
+    return sample_among_nonzero(
+        grad.size, nonzero.size, lambda ranks: nonzero[ranks].astype(np.intp), count, rng
+    )
+
+
+def sample_among_nonzero(
+    size: int,
+    nonzero: int,
+    nth_nonzero: Callable[[npt.NDArray[np.intp]], npt.NDArray[np.intp]],
+    count: int,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.intp]:
+    """:func:`sample_where_gradient_lives` without the gradient: the same draws, from its size,
+    its number of non-zero entries and a lookup of the k-th non-zero entry's position (a
+    sharded gradient answers that collectively, without gathering)."""
+    first = nth_nonzero(
+        np.asarray(rng.choice(nonzero, size=min((count + 1) // 2, nonzero), replace=False))
+    )
+    # The second half is uniform over the positions not already drawn (``rest``); choosing
+    # among ``size - len(first)`` ranks draws exactly as choosing from that array would.
+    ranks = np.asarray(rng.choice(size - first.size, size=count - first.size, replace=False))
+    second = _nth_not_in(np.sort(first), ranks)
     return np.sort(np.concatenate([first, second])).astype(np.intp)
+
+
+def _nth_not_in(excluded: npt.NDArray[np.intp], ranks: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+    """The ``ranks``-th (0, 1, ...) of ``0, 1, 2, ...`` once the sorted ``excluded`` are out."""
+    out = np.asarray(ranks, dtype=np.intp).copy()
+    for e in excluded:
+        out[out >= e] += 1
+    return out
 
 
 def rademacher_signs(size: int, rng: np.random.Generator) -> npt.NDArray[np.int8]:

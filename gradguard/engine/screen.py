@@ -75,7 +75,7 @@ def gradient_dots(run: _Run, parts: Mapping[int, FloatArray]) -> dict[int, float
     The one place the screen computes an analytic directional derivative: a view that holds
     the gradient elsewhere (sharded over processes) can serve it here.
     """
-    return {s: float(np.dot(run.segment_grad(s), v)) for s, v in parts.items()}
+    return run.values.gradient_dots(parts)
 
 
 @attrs.define

@@ -36,6 +36,16 @@ The engine calls a view in this order, and an adapter may rely on it (the confor
 9. ``restore()`` through ``__exit__``: always, also when any step above raised, possibly in
    the middle of a probe (a tensor still perturbed).
 
+A view that sets :attr:`FlatView.partitioned` (no process holds whole tensors: each rank of a
+sharded model holds a shard) is never asked for ``original(s)`` in step 2 nor for
+``gradient()`` in step 5: the engine asks it for reductions instead (``original_summary`` in
+step 2, ``gradient_summary`` in step 5, then ``element``, ``write_along`` and
+``gradient_along`` for probes, ``gradient_dots``, ``gradient_dot``, ``gradient_elements``,
+``nonzero_positions`` and ``largest_gradient_outside`` as the check needs them), in the same
+order on every process, so each may be collective. Only joint screening still reads one
+tensor's whole ``original(s)`` at a time. The defaults below compute every reduction from
+``original`` and ``gradient``, so an ordinary view needs none of them.
+
 A view may raise :class:`~gradguard.errors.GradGuardError` subclasses from any step
 (``InvalidParamsError`` from ``open``, ``LossError`` from ``evaluate``, ``GradientError``
 from ``gradient``); the user's own exceptions from the loss propagate unchanged.
@@ -45,13 +55,15 @@ from __future__ import annotations
 
 import abc
 import types
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from gradguard.engine.directions import Direction
 from gradguard.engine.layout import Layout
+from gradguard.engine.values import DenseValues
 from gradguard.errors import LossError, SettingsError
 from gradguard.kit.locks import default_keys
 from gradguard.kit.validate import check_loss_value
@@ -89,6 +101,14 @@ class FlatView(abc.ABC):
     The engine's screening strategy perturbs every tensor at once; a view that can hold only
     one perturbed tensor at a time (a buffered view over immutable arrays) leaves this
     ``False`` and is checked tensor by tensor.
+    """
+    partitioned: ClassVar[bool] = False
+    """Whether no process holds whole tensors (a sharded model).
+
+    The engine then never gathers a whole original or gradient: it calls the reductions below
+    (``original_summary``, ``gradient_summary``, ``element``, ``write_along``, ...), which such
+    a view serves from its shards (a local result and one collective). Ordinary views leave
+    this ``False``, and the engine computes the reductions from whole flat vectors.
     """
 
     @abc.abstractmethod
@@ -218,6 +238,79 @@ class FlatView(abc.ABC):
             f"hvp= is for params the {self.adapter} adapter cannot differentiate twice itself; "
             f"the {self.adapter} adapter computes H v with its own autodiff: leave hvp unset"
         )
+
+    # -- reductions: served by a partitioned view; computed from whole vectors by default ----
+
+    def _dense(self) -> DenseValues:
+        """Whole originals and gradient, read once (the defaults' source)."""
+        dense: DenseValues | None = self.__dict__.get("_gradguard_dense")
+        if dense is None:
+            originals = [self.original(s) for s in range(len(self.layout))]
+            dense = DenseValues(self.layout, originals, self.gradient(), self.write)
+            self.__dict__["_gradguard_dense"] = dense
+        return dense
+
+    def original_summary(self) -> tuple[FloatArray, FloatArray]:
+        """Per tensor, the sum of squares and the largest magnitude of its original values."""
+        originals = [self.original(s) for s in range(len(self.layout))]
+        return DenseValues(self.layout, originals, np.empty(0), self.write).original_summary()
+
+    def gradient_summary(self) -> tuple[float, npt.NDArray[np.int64]]:
+        """The whole gradient's sum of squares, and each tensor's number of non-zero entries.
+
+        Step 5 of the call order for a partitioned view: the gradient is computed by now.
+        """
+        return self._dense().gradient_summary()
+
+    def element(self, segment: int, local: int) -> tuple[float, float]:
+        """One element's original value and analytic gradient (flat position ``local``)."""
+        return self._dense().element(segment, local)
+
+    def gradient_elements(
+        self, segment: int, positions: IndexArray, transposed: bool = False
+    ) -> FloatArray:
+        """The gradient at flat ``positions`` (of the transpose, for a square matrix)."""
+        return self._dense().gradient_elements(segment, positions, transposed)
+
+    def write_along(self, segment: int, direction: Direction, step: float) -> None:
+        """Write ``original + step * direction`` into a whole tensor, rounded to its dtype.
+
+        Called in pairs, ``+step`` then ``-step`` (an evaluation between), before
+        :meth:`gradient_along`; ``direction.values(positions)`` gives the direction at any
+        global flat positions, so a shard writes its own elements only.
+        """
+        self._dense().write_along(segment, direction, step)
+
+    def gradient_along(self, segment: int, direction: Direction, step: float) -> float:
+        """The analytic derivative along ``direction`` for the last :meth:`write_along` pair:
+        ``g . v``, or ``g . (x+ - x-) / (2 step)`` over the values stored when they were
+        rounded."""
+        return self._dense().gradient_along(segment, direction, step)
+
+    def gradient_dot(self, segment: int, direction: Direction, transposed: bool = False) -> float:
+        """``g . v`` over one tensor (its transpose, for a square matrix)."""
+        return self._dense().gradient_dot(segment, direction, transposed)
+
+    def gradient_dots(self, parts: Mapping[int, FloatArray]) -> dict[int, float]:
+        """``g_t . v_t`` for whole-tensor vectors ``v_t`` (joint screening)."""
+        return self._dense().gradient_dots(parts)
+
+    def nonzero_positions(self, segment: int, ranks: IndexArray) -> IndexArray:
+        """The flat positions of the ``ranks``-th non-zero gradient entries (0: the first)."""
+        return self._dense().nonzero_positions(segment, ranks)
+
+    def largest_gradient_outside(self, segment: int, lo: int, hi: int) -> int | None:
+        """The position of the largest ``|g|`` outside ``[lo, hi]`` (the first on ties), or if
+        all are zero there the first position there; ``None`` if ``[lo, hi]`` is everything."""
+        return self._dense().largest_gradient_outside(segment, lo, hi)
+
+    def element_owners(self, items: Sequence[tuple[int, int]]) -> list[tuple[int, ...]] | None:
+        """The processes (ranks) holding each ``(tensor, flat position)`` of ``items``.
+
+        Asked once, for each tensor's worst element, when the report is written; ``None`` (the
+        default): one process holds everything, the report names no owner.
+        """
+        return None
 
     def __enter__(self) -> FlatView:
         return self

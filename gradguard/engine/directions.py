@@ -1,0 +1,83 @@
+"""Random directions over one tensor, addressed by global element index.
+
+A direction probe moves a whole tensor along a Rademacher unit vector. The engine keeps each
+direction as the packed random bits it was drawn from (one bit per element, an eighth of the
+int8 signs): the sign of any element can then be read by its global flat index, without
+materializing the vector. A view that holds only part of a tensor (a shard on one rank of a
+sharded model) reads the signs of the elements it holds, and every rank, or the unsharded model
+in one process, sees the same direction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Direction"]
+
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.intp]
+
+
+class Direction:
+    """Rademacher signs over a tensor, restricted to flat positions ``[lo, hi)`` and scaled.
+
+    The value at flat position ``i`` is ``scale * sign_i`` inside ``[lo, hi)`` and ``0``
+    outside. Drawn whole (:meth:`draw`), it is a unit vector (``scale = 1/sqrt(size)``);
+    bisection restricts it to a block (:meth:`restrict`), again of unit norm.
+
+    Attributes:
+        size: The tensor's number of elements.
+        lo: The first flat position of the support.
+        hi: One past the last.
+        scale: The magnitude of every value in the support.
+    """
+
+    __slots__ = ("_packed", "hi", "lo", "scale", "size")
+
+    def __init__(self, packed: npt.NDArray[np.uint8], size: int, lo: int, hi: int) -> None:
+        self._packed = packed
+        self.size = size
+        self.lo = lo
+        self.hi = hi
+        self.scale = 1.0 / math.sqrt(hi - lo) if hi > lo else 0.0
+
+    @classmethod
+    def draw(cls, size: int, rng: np.random.Generator) -> Direction:
+        """A whole-tensor unit direction (the same draws as ``sampling.rademacher_signs``)."""
+        packed = np.frombuffer(rng.bytes((size + 7) // 8), dtype=np.uint8)
+        return cls(packed, size, 0, size)
+
+    @property
+    def whole(self) -> bool:
+        """Whether the support is the whole tensor."""
+        return self.lo == 0 and self.hi == self.size
+
+    def restrict(self, lo: int, hi: int) -> Direction:
+        """The same signs on ``[lo, hi)`` only, scaled to unit norm."""
+        return Direction(self._packed, self.size, lo, hi)
+
+    def signs(self) -> npt.NDArray[np.int8]:
+        """Every element's sign, +1 or -1 as int8 (zeros outside the support are not applied)."""
+        bits = np.unpackbits(self._packed, count=self.size)
+        signs = bits.view(np.int8)
+        signs *= 2
+        signs -= 1
+        return signs
+
+    def values(self, positions: IndexArray | None = None) -> FloatArray:
+        """The direction's values at flat ``positions`` (``None``: every element), as float64."""
+        if positions is None:
+            out = self.signs().astype(np.float64)
+            out *= self.scale
+            out[: self.lo] = 0.0
+            out[self.hi :] = 0.0
+            return out
+        p = np.asarray(positions, dtype=np.intp)
+        bits = (self._packed[p >> 3] >> (7 - (p & 7)).astype(np.uint8)) & 1
+        out = np.where(bits.astype(bool), self.scale, -self.scale)
+        if not self.whole:
+            out[(p < self.lo) | (p >= self.hi)] = 0.0
+        return out

@@ -1,0 +1,62 @@
+"""The engine's reductions: directions by global index, and a partitioned view's path.
+
+A view that sets ``partitioned`` is never asked for whole vectors: the engine calls its
+reductions (``original_summary``, ``element``, ``write_along``, ...). Those of the base
+:class:`~gradguard.kit.contract.FlatView` compute them from the whole vectors, so the same view
+with the flag set must give exactly the report the engine's own whole-vector path gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gradguard.engine import Settings, run_check
+from gradguard.engine.directions import Direction
+from gradguard.engine.sampling import rademacher_signs
+from gradguard_numpy._adapter import NumpyView
+from tests.zoo import numpy_models
+
+
+class _Partitioned(NumpyView):
+    partitioned = True
+
+
+def _record(view_type: type[NumpyView], case: Any, settings: Settings) -> dict[str, Any]:
+    with view_type(case.params, case.loss, case.grad) as view:
+        record = run_check(view, settings).to_dict()
+    record.pop("duration_s")
+    return record
+
+
+@pytest.mark.parametrize("strategy", ["per-tensor", "screen"])
+def test_a_partitioned_view_gets_the_same_report_as_whole_vectors(strategy: str) -> None:
+    """Every zoo case, correct and buggy, float64 and float32 (rounded stores, bisection,
+    sparse gradients, kinks): the served reductions give the whole-vector report exactly."""
+    cases = numpy_models.all_cases()
+    for case in cases:
+        settings = Settings(seed=3, strategy=strategy)
+        assert _record(_Partitioned, case, settings) == _record(NumpyView, case, settings), (
+            case.name
+        )
+
+
+def test_a_direction_reads_the_signs_rademacher_signs_draws_by_global_index() -> None:
+    """Packed directions draw what rademacher_signs draws; any positions read the same values,
+    and a restriction is zero outside its block with unit norm inside."""
+    for size in (1, 7, 8, 9, 1000):
+        d = Direction.draw(size, np.random.default_rng(size))
+        signs = rademacher_signs(size, np.random.default_rng(size))
+        assert np.array_equal(d.signs(), signs)
+        whole = d.values()
+        assert np.array_equal(whole, signs / np.sqrt(size))
+        positions = np.random.default_rng(0).permutation(size)
+        assert np.array_equal(d.values(positions), whole[positions])
+        if size > 2:
+            part = d.restrict(1, size - 1)
+            values = part.values()
+            assert values[0] == 0.0 and values[-1] == 0.0
+            assert np.linalg.norm(values) == pytest.approx(1.0)
+            assert np.array_equal(part.values(positions), values[positions])
