@@ -10,16 +10,25 @@ CPU). Prints Markdown:
 2. float32 models evaluated in place (a sharded model has no float64 shadow): how many correct
    models fail (false alarms) and how many planted bugs are caught, over seeds, for FSDP2 and
    tensor parallel, next to the unsharded check.
+3. Peak memory of one check per rank, 2-rank FSDP2, against the same check unsharded in one
+   process (``--memory``: this section only): the peak resident set during the check above the
+   resident set before it (``VmHWM`` reset through ``/proc/self/clear_refs``; glibc's mmap
+   threshold fixed, so freed buffers go back to the system), and the peak of NumPy's and
+   Python's own allocations (``tracemalloc``; torch's are not traced).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
+import math
+import os
 import pathlib
 import sys
 import tempfile
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,6 +136,64 @@ def _timing(rank: int, width: int, repeats: int) -> dict[str, Any]:
     return row
 
 
+def _status_kib(field: str) -> int:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _peak(check: Callable[[], gg.CheckReport]) -> tuple[float, float, gg.CheckReport]:
+    """(peak RSS above the RSS before, peak traced allocations) of one check, in MiB."""
+    gc.collect()
+    before = _status_kib("VmRSS")
+    pathlib.Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    tracemalloc.start()
+    report = check()
+    traced = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return (_status_kib("VmHWM") - before) / 1024, traced / 2**20, report
+
+
+def _memory(rank: int, width: int) -> list[dict[str, Any]]:
+    """Per rank, one check of the FSDP2 model; on rank 0, the unsharded check (rank 1 waits)."""
+    mesh = init_device_mesh("cpu", (WORLD,))
+    data = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 64, generator=data), torch.randn(64, 8, generator=data)
+    rows = []
+    for dtype in (torch.float64, torch.float32):
+        xd, yd = x.to(dtype), y.to(dtype)
+
+        def loss(m: nn.Module, xd: torch.Tensor = xd, yd: torch.Tensor = yd) -> torch.Tensor:
+            return F.mse_loss(m(xd), yd)
+
+        for strategy in ("per-tensor", "screen"):
+            check = functools.partial(gg.check, loss, seed=1, strategy=strategy)
+            sharded = _fsdp(_mlp(width, dtype), mesh)
+            check(sharded)  # warm-up: the coordination group, DTensor caches
+            dist.barrier()
+            rss, traced, report = _peak(functools.partial(check, sharded))
+            del sharded
+            dist.barrier()
+            row: dict[str, Any] = {
+                "dtype": str(dtype).removeprefix("torch."),
+                "strategy": strategy,
+                "sharded_rss": rss,
+                "sharded_traced": traced,
+                "evaluations": report.evaluations,
+            }
+            row["params"] = sum(int(math.prod(p.shape)) for p in report.params)
+            if rank == 0:
+                unsharded = _mlp(width, dtype)
+                check(unsharded)
+                rss, traced, reference = _peak(functools.partial(check, unsharded))
+                row.update(unsharded_rss=rss, unsharded_traced=traced)
+                row["same_verdict"] = reference.status == report.status
+            dist.barrier()
+            rows.append(row)
+    return rows
+
+
 def _verdicts(rank: int, seeds: int) -> dict[str, Any]:
     """float32, in place: false alarms on correct models, catches of the planted row bug."""
     mesh = init_device_mesh("cpu", (WORLD,))
@@ -152,7 +219,7 @@ def _verdicts(rank: int, seeds: int) -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, out_dir: str, quick: bool, seeds: int) -> None:
+def _worker(rank: int, out_dir: str, quick: bool, seeds: int, memory: int) -> None:
     out = pathlib.Path(out_dir)
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -160,10 +227,13 @@ def _worker(rank: int, out_dir: str, quick: bool, seeds: int) -> None:
     )
     try:
         widths = (64,) if quick else (64, 256)
-        result = {
-            "timing": [_timing(rank, w, 1 if quick else 3) for w in widths],
-            "verdicts": _verdicts(rank, seeds),
-        }
+        if memory:
+            result: dict[str, Any] = {"memory": _memory(rank, memory)}
+        else:
+            result = {
+                "timing": [_timing(rank, w, 1 if quick else 3) for w in widths],
+                "verdicts": _verdicts(rank, seeds),
+            }
     finally:
         dist.destroy_process_group()
     (out / f"rank{rank}.json").write_text(json.dumps(result))
@@ -173,10 +243,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one width, one repeat")
     parser.add_argument("--seeds", type=int, default=20, help="seeds for the float32 verdicts")
+    parser.add_argument(
+        "--memory", type=int, default=0, metavar="WIDTH", help="only the memory section, MLP width"
+    )
     args = parser.parse_args()
+    # A fixed mmap threshold: freed large buffers return to the system, so a check's peak is
+    # measured from the resident set before it (glibc otherwise keeps them after the warm-up).
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(tmp, args.quick, args.seeds), nprocs=WORLD)
+        mp.spawn(_worker, args=(tmp, args.quick, args.seeds, args.memory), nprocs=WORLD)
         result = json.loads((pathlib.Path(tmp) / "rank0.json").read_text())
+        other = json.loads((pathlib.Path(tmp) / "rank1.json").read_text())
+    if args.memory:
+        _print_memory(result["memory"], other["memory"], args.memory)
+        return
 
     print(f"## Sharded checks: FSDP2 on {WORLD} ranks (gloo, CPU) vs unsharded in one process\n")
     print(
@@ -208,6 +288,30 @@ def main() -> None:
         print(
             f"| {name} | {counts['correct_failed']} | {counts['correct_inconclusive']} "
             f"| {counts['buggy_caught']} / {args.seeds} |"
+        )
+
+
+def _print_memory(rows: list[dict[str, Any]], other: list[dict[str, Any]], width: int) -> None:
+    params = rows[0]["params"]
+    print(
+        f"## Peak memory of one check: FSDP2 on {WORLD} ranks vs unsharded in one process\n\n"
+        f"MLP 64-{width}-{width}-8 ({params / 1e6:.2f} M parameters), batch 64; MiB above the "
+        "resident set before the check (RSS) and NumPy/Python allocations (traced).\n"
+    )
+    print(
+        "| dtype | strategy | unsharded RSS | sharded RSS, rank 0 / 1 | ratio | unsharded traced "
+        "| sharded traced, rank 0 / 1 | ratio | same verdict |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for row, peer in zip(rows, other, strict=True):
+        rss = max(row["sharded_rss"], peer["sharded_rss"])
+        traced = max(row["sharded_traced"], peer["sharded_traced"])
+        print(
+            f"| {row['dtype']} | {row['strategy']} | {row['unsharded_rss']:.1f} "
+            f"| {row['sharded_rss']:.1f} / {peer['sharded_rss']:.1f} "
+            f"| {rss / row['unsharded_rss']:.2f} | {row['unsharded_traced']:.1f} "
+            f"| {row['sharded_traced']:.1f} / {peer['sharded_traced']:.1f} "
+            f"| {traced / row['unsharded_traced']:.2f} | {row['same_verdict']} |"
         )
 
 

@@ -865,3 +865,31 @@ def test_arbitrary_json_in_any_field_never_raises(tmp_path: pathlib.Path, record
     assert code == (2 if len(logs) == 0 else analysis.summarize(logs).exit_code)
     assert len(logs) == 1 or len(logs.notes) == 1
     logs.to_dataframe()
+
+
+def test_a_sharded_failure_names_its_worst_element_and_owning_rank(tmp_path: pathlib.Path) -> None:
+    """A record with ``worst_owners`` (a sharded check) is valid, and the report's failures
+    table gains a column naming the first failure's worst element and the rank holding it;
+    logs without owners keep their table as it was."""
+    import attrs
+    from log_records import make_params, relabel
+
+    from gradguard.logs.records import check_record
+    from gradguard.logs.writer import emit
+
+    log = tmp_path / "sharded.jsonl"
+    report = relabel(gg.check(loss, make_params(), grad, seed=0), {"W": gg.Status.FAIL})
+    params = tuple(
+        attrs.evolve(p, worst_index=(2, 1), worst_owners=(1,)) if p.name == "W" else p
+        for p in report.params
+    )
+    report = attrs.evolve(report, params=params)
+    emit(check_record(report, gg.CheckContext(log_file=str(log), run_id="r")), str(log))
+    summary = analysis.summarize(analysis.load(log))
+    assert not summary.notes  # the record is valid against the schema
+    text = analysis.format_summary(summary)
+    header, row = _section(text, "failures by tensor:")
+    assert header[-4:] == ["worst", "element", "(first", "failure)"]
+    assert row[0] == "W" and " ".join(row[-5:]) == "[2, 1] on rank 1"
+    (tensor,) = [t for t in summary.tensors if t.name == "W"]
+    assert tensor.first_failure_owners == "[2, 1] on rank 1"

@@ -82,6 +82,7 @@ def _summary(report: gg.CheckReport) -> dict[str, Any]:
         "params": {
             p.name: [p.status.value, p.difference, list(p.worst_index or ())] for p in report.params
         },
+        "worst_owners": {p.name: p.worst_owners for p in report.params},
         "owners": report.notes.get("owners"),
         "record": _comparable(report),
     }
@@ -112,7 +113,12 @@ def _fsdp(model: Any, mesh: Any) -> Any:
 
 
 def _check_pair(
-    bug: str | None, shard: Callable[[Any], Any], *, dtype: Any = torch.float64, seed: int = 5
+    bug: str | None,
+    shard: Callable[[Any], Any],
+    *,
+    dtype: Any = torch.float64,
+    seed: int = 5,
+    strategy: str = "per-tensor",
 ) -> dict[str, Any]:
     """The sharded check and the unsharded one (same weights, data and seed), summarized."""
     x, y = zoo.data(dtype)
@@ -121,9 +127,11 @@ def _check_pair(
     sentinel = [torch.zeros_like(p) for p in model.parameters()]
     for p, g in zip(model.parameters(), sentinel, strict=True):
         p.grad = g
-    sharded = gg.check(zoo.loss_fn(x, y), model, seed=seed)
+    sharded = gg.check(zoo.loss_fn(x, y), model, seed=seed, strategy=strategy)
     grads_back = all(p.grad is g for p, g in zip(model.parameters(), sentinel, strict=True))
-    reference = gg.check(zoo.loss_fn(x, y), zoo.build(bug, dtype).double(), seed=seed)
+    reference = gg.check(
+        zoo.loss_fn(x, y), zoo.build(bug, dtype).double(), seed=seed, strategy=strategy
+    )
     return {
         "sharded": _summary(sharded),
         "unsharded": _summary(reference),
@@ -215,6 +223,10 @@ def _fsdp_worker(rank: int, world: int, out_dir: str) -> None:
     result: dict[str, Any] = {}
     result["correct"] = _check_pair(None, lambda m: _fsdp(m, mesh))
     result["buggy"] = _check_pair("2", lambda m: _fsdp(m, mesh))
+    # Joint screening: a joint probe writes every rank's shards; g . v is a local dot product
+    # and one all-reduce.
+    result["correct_screen"] = _check_pair(None, lambda m: _fsdp(m, mesh), strategy="screen")
+    result["buggy_screen"] = _check_pair("2", lambda m: _fsdp(m, mesh), strategy="screen")
     # float32, evaluated in place in float32: no false alarm over seeds, and the bug is caught.
     result["float32_correct"] = [
         gg.check(
@@ -264,19 +276,25 @@ def test_fsdp2_check_is_collective_exact_and_fails_on_every_rank(tmp_path: pathl
     """2-rank FSDP2: caught and localized like unsharded, identical on ranks, restored, no hang."""
     results = _spawn(_fsdp_worker, 2, tmp_path)
     for result in results:
-        correct, buggy = result["correct"], result["buggy"]
-        assert correct["sharded"]["status"] == "pass" and correct["restored"]
-        assert buggy["sharded"]["failed"] == ["2.weight"] and buggy["restored"]
-        # The planted row (6) is found, and rank 1 holds it (rows 4-7 under Shard(0)).
-        worst = buggy["sharded"]["params"]["2.weight"][2]
-        assert worst[0] == 6
-        assert f"2.weight[{worst[0]}, {worst[1]}]: rank 1" in buggy["sharded"]["owners"]
-        for pair in (correct, buggy):  # the same verdict as the unsharded check
-            assert pair["sharded"]["status"] == pair["unsharded"]["status"]
-            for name, (status, difference, where) in pair["sharded"]["params"].items():
-                ref_status, ref_difference, ref_where = pair["unsharded"]["params"][name]
-                assert (status, where) == (ref_status, ref_where)
-                assert difference == pytest.approx(ref_difference, rel=1e-3, abs=1e-9)
+        for strategy in ("", "_screen"):
+            correct, buggy = result["correct" + strategy], result["buggy" + strategy]
+            assert correct["sharded"]["status"] == "pass" and correct["restored"]
+            assert buggy["sharded"]["failed"] == ["2.weight"] and buggy["restored"]
+            # The planted row (6) is found, and rank 1 holds it (rows 4-7 under Shard(0)).
+            worst = buggy["sharded"]["params"]["2.weight"][2]
+            assert worst[0] == 6
+            assert f"2.weight[{worst[0]}, {worst[1]}]: rank 1" in buggy["sharded"]["owners"]
+            assert buggy["sharded"]["worst_owners"]["2.weight"] == [1]
+            assert set(buggy["unsharded"]["worst_owners"].values()) == {None}
+            assert "worst_owners" not in buggy["unsharded"]["record"]["params"][0]
+            for pair in (correct, buggy):  # the same verdict as the unsharded check
+                assert pair["sharded"]["status"] == pair["unsharded"]["status"]
+                for name, (status, difference, where) in pair["sharded"]["params"].items():
+                    ref_status, ref_difference, ref_where = pair["unsharded"]["params"][name]
+                    assert (status, where) == (ref_status, ref_where)
+                    assert difference == pytest.approx(ref_difference, rel=1e-3, abs=1e-9)
+        screened = result["correct_screen"]["sharded"]["record"]["notes"]
+        assert screened["strategy"] == "screen"
         assert result["float32_correct"] == ["pass"] * 2
         assert result["float32_buggy"] == ["2.weight"]
         assert result["per_rank_data"] == "pass"
@@ -327,6 +345,10 @@ def _tp_worker(rank: int, world: int, out_dir: str) -> None:
             "tp_buggy_colwise": _check_pair("0", lambda m: _tp(m, tp_mesh)),
             "tp_buggy_rowwise": _check_pair("2", lambda m: _tp(m, tp_mesh)),
             "2d_buggy": _check_pair("0", fsdp_tp),
+            "tp_buggy_colwise_screen": _check_pair(
+                "0", lambda m: _tp(m, tp_mesh), strategy="screen"
+            ),
+            "2d_buggy_screen": _check_pair("0", fsdp_tp, strategy="screen"),
         }
         dist.barrier()
     finally:
@@ -344,6 +366,8 @@ def test_tensor_parallel_and_2d_mesh_checks_equal_the_unsharded_check(
         "tp_buggy_colwise": ["0.weight"],
         "tp_buggy_rowwise": ["2.weight"],
         "2d_buggy": ["0.weight"],
+        "tp_buggy_colwise_screen": ["0.weight"],
+        "2d_buggy_screen": ["0.weight"],
     }
     for result in results:
         for case, failed in expected.items():
@@ -358,11 +382,10 @@ def test_tensor_parallel_and_2d_mesh_checks_equal_the_unsharded_check(
             if failed:
                 assert pair["sharded"]["params"][failed[0]][2][0] == 6, case  # the planted row
     # Colwise: rows 6-7 of 0.weight live on rank 3 alone.
-    worst = results[0]["tp_buggy_colwise"]["sharded"]["params"]["0.weight"][2]
-    assert (
-        f"0.weight[{worst[0]}, {worst[1]}]: rank 3"
-        in results[0]["tp_buggy_colwise"]["sharded"]["owners"]
-    )
+    for case in ("tp_buggy_colwise", "tp_buggy_colwise_screen"):
+        worst = results[0][case]["sharded"]["params"]["0.weight"][2]
+        assert f"0.weight[{worst[0]}, {worst[1]}]: rank 3" in results[0][case]["sharded"]["owners"]
+        assert results[0][case]["sharded"]["worst_owners"]["0.weight"] == [3]
     for case in expected:
         records = [r[case]["sharded"]["record"] for r in results]
         assert all(record == records[0] for record in records), case

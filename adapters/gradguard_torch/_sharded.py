@@ -201,11 +201,11 @@ def _local_positions(
     for d, n in enumerate(shape):
         mapped: list[Any] = []
         for placement in placements:
-            if isinstance(placement, Shard) and placement.dim % len(shape) == d:
-                if isinstance(placement, _StridedShard):
-                    mapped.append(_StridedShard(0, split_factor=placement.split_factor))
-                else:
-                    mapped.append(Shard(0))
+            # _StridedShard is not a Shard subclass in every torch version: test it first.
+            if isinstance(placement, _StridedShard) and placement.dim % len(shape) == d:
+                mapped.append(_StridedShard(0, split_factor=placement.split_factor))
+            elif isinstance(placement, Shard) and placement.dim % len(shape) == d:
+                mapped.append(Shard(0))
             else:
                 mapped.append(Replicate())
         ids = torch.arange(n, dtype=torch.int64)
@@ -627,8 +627,21 @@ class ShardedView(FlatView):
         dist.all_gather(table, mine, group=self._group)
         rows = torch.stack(table).numpy()  # (rank, slot, fingerprint)
         for t, slot in enumerate(self._slots):
-            same = [r for r in range(self.rank) if np.array_equal(rows[r, t], rows[self.rank, t])]
-            slot.primary = slot.local_size > 0 and not same
+            first = [
+                r
+                for r in range(self.world)
+                if rows[r, t, 0] > 0
+                and not any(np.array_equal(rows[q, t], rows[r, t]) for q in range(r))
+            ]
+            slot.primary = self.rank in first
+            # The counted shards must hold every element once: sizes and positions add up.
+            count, total = int(rows[first, t, 0].sum()), int(rows[first, t, 1].sum())
+            if count != slot.size or total != slot.size * (slot.size - 1) // 2:
+                raise InvalidParamsError(
+                    f"parameter {slot.name!r} ({slot.placements}): its shards over the ranks "
+                    "do not hold every element exactly once by gradguard's map of local to "
+                    "global element indices; please report it"
+                )
 
     def _reduce(self, values: FloatArray, op: Any = None) -> FloatArray:
         """Element-wise sum (or ``op``) over ranks, on gradguard's own group."""

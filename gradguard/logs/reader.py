@@ -376,6 +376,8 @@ class TensorSummary:
         inconclusive: How many checks could not judge it.
         test: The record's ``label`` (a pytest test's node id), or ``None``: tensors of the
             same name in different tests are different tensors.
+        first_failure_owners: For a sharded model, the worst element of its first failing
+            check and the ranks that hold it (``"[6, 3] on rank 1"``); ``None`` otherwise.
     """
 
     name: str
@@ -388,6 +390,7 @@ class TensorSummary:
     statuses: dict[str, int]
     inconclusive: int = 0
     test: str | None = None
+    first_failure_owners: str | None = None
 
 
 @attrs.frozen
@@ -472,6 +475,16 @@ class Summary:
 _SEVERITY = {"pass": 0, "inconclusive": 1, "nondeterministic": 2, "fail": 3}
 
 
+def _owners_text(param: dict[str, Any]) -> str | None:
+    """``"[6, 3] on rank 1"`` for a sharded check's tensor record, else ``None``."""
+    owners, index = param.get("worst_owners"), param.get("worst_index")
+    if not isinstance(owners, list) or not owners or not isinstance(index, list):
+        return None
+    where = "[" + ", ".join(str(i) for i in index) + "]"
+    ranks = ",".join(str(r) for r in owners)
+    return f"{where} on rank{'s' if len(owners) > 1 else ''} {ranks}"
+
+
 class Summarizer:
     """Builds a :class:`Summary` one record at a time: memory grows with the number of runs,
     tests and tensor names, never with the number of records."""
@@ -539,6 +552,7 @@ class Summarizer:
                     "worst": None,
                     "tol": None,
                     "statuses": Counter(),
+                    "owners": None,
                 },
             )
             status = str(param.get("status"))
@@ -555,6 +569,7 @@ class Summarizer:
                 entry["failures" if status == "fail" else "inconclusive"] += 1
                 if status == "fail" and entry["first"] is None:
                     entry["first"] = (step, run_id)
+                    entry["owners"] = _owners_text(param)
                 if test is not None:
                     test["tensors"].setdefault(name, None)
 
@@ -594,6 +609,7 @@ class Summarizer:
                 statuses=dict(e["statuses"]),
                 inconclusive=e["inconclusive"],
                 test=test,
+                first_failure_owners=e["owners"],
             )
             for (test, name), e in self._tensors.items()
         )
@@ -716,8 +732,19 @@ def format_summary(summary: Summary) -> str:
     if bad:
         lines += ["", "failures by tensor:"]
         head = ("tensor", *(("test",) if labelled else ()))
+        # Sharded checks name where the first failure's worst element lives.
+        sharded = any(t.first_failure_owners for t in bad)
         rows = [
-            (*head, "failed", "inconclusive", "of", "first failing step", "run", "worst difference")
+            (
+                *head,
+                "failed",
+                "inconclusive",
+                "of",
+                "first failing step",
+                "run",
+                "worst difference",
+                *(("worst element (first failure)",) if sharded else ()),
+            )
         ]
         for t in sorted(bad, key=lambda t: (-t.failures, -t.inconclusive)):
             rows.append(
@@ -730,6 +757,7 @@ def format_summary(summary: Summary) -> str:
                     "-" if t.first_failure_step is None else str(t.first_failure_step),
                     t.first_failure_run or "-",
                     _fmt(t.worst_difference),
+                    *((t.first_failure_owners or "-",) if sharded else ()),
                 )
             )
         lines += _table(rows)
