@@ -60,3 +60,13 @@ def test_a_direction_reads_the_signs_rademacher_signs_draws_by_global_index() ->
             assert values[0] == 0.0 and values[-1] == 0.0
             assert np.linalg.norm(values) == pytest.approx(1.0)
             assert np.array_equal(part.values(positions), values[positions])
+
+
+def test_a_block_of_a_direction_reads_the_same_values_as_its_positions() -> None:
+    """values_between (a contiguous shard) equals values at those positions, restricted or not,
+    across byte boundaries."""
+    d = Direction.draw(101, np.random.default_rng(4))
+    for v in (d, d.restrict(13, 77)):
+        whole = v.values()
+        for first, stop in ((0, 101), (3, 5), (7, 9), (8, 16), (13, 77), (50, 101), (90, 91)):
+            assert np.array_equal(v.values_between(first, stop), whole[first:stop])

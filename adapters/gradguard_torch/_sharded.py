@@ -34,7 +34,7 @@ import math
 import secrets
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,8 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 
 # The most probed coordinates whose owning ranks a report lists (a check probes ~8-40).
+# Elements per block of a shard in per-probe work (8 MiB of float64).
+_CHUNK = 1 << 20
 _MAX_OWNERS = 64
 _STORE_PREFIX = "gradguard/sharded-failure"
 
@@ -184,6 +186,13 @@ def agree_seed(params: object, seed: int) -> int | None:
 # -- one checked tensor ------------------------------------------------------------------------
 
 
+def _along(direction: Direction, where: tuple[int, int] | IndexArray) -> FloatArray:
+    """A direction's values at a block's global positions."""
+    if isinstance(where, tuple):
+        return direction.values_between(*where)
+    return direction.values(where)
+
+
 def _local_positions(
     shape: tuple[int, ...], mesh: Any, placements: Any, local_shape: tuple[int, ...]
 ) -> IndexArray:
@@ -290,9 +299,24 @@ class _ShardSlot:
         p = self.positions()
         return self.local_size, int(p.sum()) if p.size else 0, int(p[0]) if p.size else -1
 
-    def saved64(self) -> FloatArray:
-        values: FloatArray = self.saved_flat.detach().to(device="cpu", dtype=torch.float64).numpy()
+    def saved64(self, a: int = 0, b: int | None = None) -> FloatArray:
+        """The saved local values ``a:b``, as float64."""
+        part = self.saved_flat[a:b].detach()
+        values: FloatArray = part.to(device="cpu", dtype=torch.float64).numpy()
         return values
+
+    def chunks(self) -> Iterator[tuple[int, int, tuple[int, int] | IndexArray]]:
+        """The local shard in blocks of ``_CHUNK`` elements: ``(a, b, where)``, ``where`` the
+        block's global positions, a ``(first, stop)`` range for a contiguous shard.
+
+        Per-probe work goes block by block, so its temporaries stay a few MiB whatever the
+        size of the shard.
+        """
+        base = self._start if self.sharded else 0
+        for a in range(0, self.local_size, _CHUNK):
+            b = min(a + _CHUNK, self.local_size)
+            where = (base + a, base + b) if self._positions is None else self._positions[a:b]
+            yield a, b, where
 
     def position(self, global_index: int) -> int | None:
         """Where element ``global_index`` sits in this rank's shard, or ``None`` if elsewhere."""
@@ -392,8 +416,8 @@ class ShardedView(FlatView):
         self._first = True
         self._has_gradient = False
         self._elements: dict[tuple[int, int], tuple[float, float]] = {}
-        self._along: dict[int, float] = {}  # per tensor, this rank's share of g . v
-        self._plus: dict[int, FloatArray] = {}  # per tensor, the local values of x + step v
+        self._along: dict[int, float] = {}  # per tensor, g . v of its last probe (agreed)
+        self._pending: tuple[int, float] | None = None  # (tensor, this rank's share of g . v)
         self._probed: dict[tuple[int, int], bool] = {}  # (segment, element) -> this rank owns it
         self._owners: str | None = None
         self._notes: dict[str, str | int | float | bool | None] = {
@@ -445,16 +469,25 @@ class ShardedView(FlatView):
         """
         if failure is not None:
             self._post(failure)
+        # A direction probe's share of g . v rides along (write_along left it pending): the
+        # probe's analytic side costs no collective of its own.
+        pending, self._pending = self._pending, None
         mine = torch.tensor(
-            [math.nan if value is None else value, 0.0 if failure is None else 1.0],
+            [
+                math.nan if value is None else value,
+                0.0 if failure is None else 1.0,
+                0.0 if pending is None else pending[1],
+            ],
             dtype=torch.float64,
         )
-        table = [torch.empty(2, dtype=torch.float64) for _ in range(self.world)]
+        table = [torch.empty(3, dtype=torch.float64) for _ in range(self.world)]
         try:
             dist.all_gather(table, mine, group=self._group)
         except Exception as exc:  # a rank left, or the group timed out waiting for one
             raise self._error(self._posted(range(self.world)), exc, phase) from (failure or exc)
         rows = torch.stack(table).numpy()
+        if pending is not None:
+            self._along[pending[0]] = float(np.sum(rows[:, 2]))
         failed = [int(r) for r in np.flatnonzero(rows[:, 1] > 0.0)]
         if failed:
             raise self._error(self._posted(failed), None, phase) from failure
@@ -674,12 +707,13 @@ class ShardedView(FlatView):
     # -- the engine's reductions (FlatView, partitioned) ------------------------------------------
 
     def original_summary(self) -> tuple[FloatArray, FloatArray]:
-        squares, largest = [], []
-        for slot in self._slots:
-            x = slot.saved64()
-            squares.append(float(np.dot(x, x)) if slot.primary else 0.0)
-            largest.append(float(np.max(np.abs(x))) if x.size else 0.0)
-        return self._reduce(np.array(squares)), self._reduce(np.array(largest), dist.ReduceOp.MAX)
+        squares, largest = np.zeros(len(self._slots)), np.zeros(len(self._slots))
+        for t, slot in enumerate(self._slots):
+            for a, b, _ in slot.chunks():
+                x = slot.saved64(a, b)
+                squares[t] += float(np.dot(x, x)) if slot.primary else 0.0
+                largest[t] = max(largest[t], float(np.max(np.abs(x))))
+        return self._reduce(squares), self._reduce(largest, dist.ReduceOp.MAX)
 
     def gradient_summary(self) -> tuple[float, npt.NDArray[np.int64]]:
         if not self._has_gradient:
@@ -716,42 +750,55 @@ class ShardedView(FlatView):
         return self._from_owners(segment, positions, mine)
 
     def write_along(self, segment: int, direction: Direction, step: float) -> None:
+        """Block by block: ``x + step v`` into the shard; at the ``-step`` write, this rank's
+        share of the analytic derivative (``g . v``, or along the values stored when the dtype
+        rounds them: ``x + step v`` is recomputed, nothing of the ``+step`` write is kept)."""
         slot = self._slots[segment]
-        positions = slot.positions()
-        values = slot.saved64() + step * direction.values(positions)
-        stored = values if slot.exact else values.astype(slot.np_dtype)
-        with torch.no_grad():
-            slot.write_local(stored)
-        if step > 0.0:
-            self._plus[segment] = values if slot.exact else stored.astype(np.float64)
-            return
-        plus = self._plus.pop(segment)
         share = 0.0
-        if slot.primary:
+        for a, b, where in slot.chunks():
+            v = _along(direction, where)
+            x = slot.saved64(a, b)
+            values = x + step * v
+            stored = values if slot.exact else values.astype(slot.np_dtype)
+            with torch.no_grad():
+                slot.flat[a:b].copy_(torch.from_numpy(stored).to(slot.data.device))
+            if step > 0.0 or not slot.primary:
+                continue
             if slot.exact:  # stored as computed: g . v, as the engine's whole-vector path
-                share = float(np.dot(slot.grad, direction.values(positions)))
+                share += float(np.dot(slot.grad[a:b], v))
             else:  # along the steps actually stored, rounded to the dtype
-                share = float(np.dot(slot.grad, plus - stored.astype(np.float64))) / (-2.0 * step)
-        self._along[segment] = share
+                plus = (x - step * v).astype(slot.np_dtype).astype(np.float64)
+                share += float(np.dot(slot.grad[a:b], plus - stored)) / (-2.0 * step)
+        if step < 0.0:
+            self._pending = (segment, share)  # summed by the next evaluation's agreement
 
     def gradient_along(self, segment: int, direction: Direction, step: float) -> float:
-        return float(self._reduce(np.array([self._along.pop(segment)]))[0])
+        if segment in self._along:
+            return self._along.pop(segment)
+        # No evaluation since the -step write (not the engine's order): sum it here.
+        pending, self._pending = self._pending, None
+        assert pending is not None and pending[0] == segment
+        return float(self._reduce(np.array([pending[1]]))[0])
 
     def gradient_dot(self, segment: int, direction: Direction, transposed: bool = False) -> float:
         slot = self._slots[segment]
-        positions = slot.positions()
-        if transposed:
-            positions = transposed_positions(positions, slot.shape)
-        share = float(np.dot(slot.grad, direction.values(positions))) if slot.primary else 0.0
+        share = 0.0
+        for a, b, where in slot.chunks() if slot.primary else ():
+            if transposed:
+                first = np.arange(*where, dtype=np.intp) if isinstance(where, tuple) else where
+                where = transposed_positions(first, slot.shape)
+            share += float(np.dot(slot.grad[a:b], _along(direction, where)))
         return float(self._reduce(np.array([share]))[0])
 
     def gradient_dots(self, parts: Mapping[int, FloatArray]) -> dict[int, float]:
-        shares = [
-            float(np.dot(self._slots[s].grad, v[self._slots[s].positions()]))
-            if self._slots[s].primary
-            else 0.0
-            for s, v in parts.items()
-        ]
+        def share(slot: _ShardSlot, v: FloatArray) -> float:
+            total = 0.0
+            for a, b, where in slot.chunks() if slot.primary else ():
+                part = v[slice(*where)] if isinstance(where, tuple) else v[where]
+                total += float(np.dot(slot.grad[a:b], part))
+            return total
+
+        shares = [share(self._slots[s], v) for s, v in parts.items()]
         return dict(zip(parts, (float(v) for v in self._reduce(np.array(shares))), strict=True))
 
     def nonzero_positions(self, segment: int, ranks: IndexArray) -> IndexArray:

@@ -67,6 +67,19 @@ class Direction:
         signs -= 1
         return signs
 
+    def values_between(self, first: int, stop: int) -> FloatArray:
+        """The values at flat positions ``first, ..., stop - 1`` (a shard's contiguous block),
+        unpacking only those bits."""
+        start_byte = first >> 3
+        bits = np.unpackbits(self._packed[start_byte : (stop + 7) >> 3])
+        out = bits[first - 8 * start_byte : stop - 8 * start_byte].astype(np.float64)
+        out *= 2.0 * self.scale  # exact: a power of two times the scale
+        out -= self.scale  # 1 -> +scale, 0 -> -scale, exactly
+        if not self.whole:
+            out[: max(0, min(stop, self.lo) - first)] = 0.0
+            out[max(0, max(first, self.hi) - first) :] = 0.0
+        return out
+
     def values(self, positions: IndexArray | None = None) -> FloatArray:
         """The direction's values at flat ``positions`` (``None``: every element), as float64."""
         if positions is None:
