@@ -188,7 +188,7 @@ def _memory(rank: int, width: int) -> list[dict[str, Any]]:
                 check(unsharded)
                 rss, traced, reference = _peak(functools.partial(check, unsharded))
                 row.update(unsharded_rss=rss, unsharded_traced=traced)
-                row["same_verdict"] = reference.status == report.status
+                row["statuses"] = f"{report.status.value} / {reference.status.value}"
             dist.barrier()
             rows.append(row)
     return rows
@@ -300,7 +300,7 @@ def _print_memory(rows: list[dict[str, Any]], other: list[dict[str, Any]], width
     )
     print(
         "| dtype | strategy | unsharded RSS | sharded RSS, rank 0 / 1 | ratio | unsharded traced "
-        "| sharded traced, rank 0 / 1 | ratio | same verdict |"
+        "| sharded traced, rank 0 / 1 | ratio | status sharded / unsharded |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for row, peer in zip(rows, other, strict=True):
@@ -311,7 +311,7 @@ def _print_memory(rows: list[dict[str, Any]], other: list[dict[str, Any]], width
             f"| {row['sharded_rss']:.1f} / {peer['sharded_rss']:.1f} "
             f"| {rss / row['unsharded_rss']:.2f} | {row['unsharded_traced']:.1f} "
             f"| {row['sharded_traced']:.1f} / {peer['sharded_traced']:.1f} "
-            f"| {traced / row['unsharded_traced']:.2f} | {row['same_verdict']} |"
+            f"| {traced / row['unsharded_traced']:.2f} | {row['statuses']} |"
         )
 
 

@@ -8,6 +8,7 @@ with the flag set must give exactly the report the engine's own whole-vector pat
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import numpy as np
@@ -31,16 +32,43 @@ def _record(view_type: type[NumpyView], case: Any, settings: Settings) -> dict[s
     return record
 
 
+def _embedding() -> Any:
+    """A sparse gradient: an embedding table of which the batch uses rows 1 and 4."""
+    rng = np.random.default_rng(1)
+    params = {"E": rng.normal(size=(12, 3)), "w": rng.normal(size=3)}
+    rows = np.array([1, 4, 4])
+
+    def loss(p: dict[str, np.ndarray]) -> float:
+        return float(np.sum(np.tanh(p["E"][rows] @ p["w"])))
+
+    def grad(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        e = p["E"][rows]
+        d = 1.0 - np.tanh(e @ p["w"]) ** 2
+        g = np.zeros_like(p["E"])
+        np.add.at(g, rows, d[:, None] * p["w"])
+        return {"E": g, "w": e.T @ d}
+
+    return types.SimpleNamespace(name="embedding", params=params, loss=loss, grad=grad)
+
+
 @pytest.mark.parametrize("strategy", ["per-tensor", "screen"])
 def test_a_partitioned_view_gets_the_same_report_as_whole_vectors(strategy: str) -> None:
-    """Every zoo case, correct and buggy, float64 and float32 (rounded stores, bisection,
-    sparse gradients, kinks): the served reductions give the whole-vector report exactly."""
-    cases = numpy_models.all_cases()
+    """Zoo cases, correct and buggy, float64 and float32, that take every path (rounded stores,
+    bisection, sparse gradients, kinks): the served reductions give the whole-vector report
+    exactly."""
+    paths = ("relu_mlp/", "relu_kinks/", "one_row", "softmax_reg/float32", "wrong_factor_W2")
+    cases = [c for c in numpy_models.all_cases() if any(p in c.name for p in paths)]
+    assert len(cases) >= 10
+    cases.append(_embedding())
+    records = []
     for case in cases:
         settings = Settings(seed=3, strategy=strategy)
-        assert _record(_Partitioned, case, settings) == _record(NumpyView, case, settings), (
-            case.name
-        )
+        record = _record(_Partitioned, case, settings)
+        assert record == _record(NumpyView, case, settings), case.name
+        records.append(record)
+    # The paths that read the gradient elementwise were taken.
+    assert any("coordinates" in r["notes"] for r in records)  # sampled among non-zeros
+    assert any(p["judged_by"] == "bisected" for r in records for p in r["params"])
 
 
 def test_a_direction_reads_the_signs_rademacher_signs_draws_by_global_index() -> None:
