@@ -119,9 +119,15 @@ def _check_pair(
     dtype: Any = torch.float64,
     seed: int = 5,
     strategy: str = "per-tensor",
+    zero_features: int = 0,
 ) -> dict[str, Any]:
-    """The sharded check and the unsharded one (same weights, data and seed), summarized."""
+    """The sharded check and the unsharded one (same weights, data and seed), summarized.
+
+    ``zero_features`` zeroes the first input features: the first layer's gradient is then zero
+    in those columns, and coordinates are drawn half among its non-zero entries.
+    """
     x, y = zoo.data(dtype)
+    x[:, :zero_features] = 0.0
     model = shard(zoo.build(bug, dtype))
     before = _shards(model)
     sentinel = [torch.zeros_like(p) for p in model.parameters()]
@@ -227,6 +233,7 @@ def _fsdp_worker(rank: int, world: int, out_dir: str) -> None:
     # and one all-reduce.
     result["correct_screen"] = _check_pair(None, lambda m: _fsdp(m, mesh), strategy="screen")
     result["buggy_screen"] = _check_pair("2", lambda m: _fsdp(m, mesh), strategy="screen")
+    result["sparse"] = _check_pair(None, lambda m: _fsdp(m, mesh), zero_features=2)
     # float32, evaluated in place in float32: no false alarm over seeds, and the bug is caught.
     result["float32_correct"] = [
         gg.check(
@@ -295,6 +302,16 @@ def test_fsdp2_check_is_collective_exact_and_fails_on_every_rank(tmp_path: pathl
                     assert difference == pytest.approx(ref_difference, rel=1e-3, abs=1e-9)
         screened = result["correct_screen"]["sharded"]["record"]["notes"]
         assert screened["strategy"] == "screen"
+        # A sparse gradient: the same coordinates drawn among its non-zero entries, by ranks
+        # that each hold part of them.
+        sparse = result["sparse"]
+        assert "coordinates" in sparse["sharded"]["record"]["notes"]
+        for name, (status, difference, where) in sparse["sharded"]["params"].items():
+            ref_status, ref_difference, ref_where = sparse["unsharded"]["params"][name]
+            assert (status, where) == (ref_status, ref_where)
+            assert difference == pytest.approx(ref_difference, rel=1e-3, abs=1e-9)
+        coordinates = [p["coordinates"] for p in sparse["sharded"]["record"]["params"]]
+        assert coordinates == [p["coordinates"] for p in sparse["unsharded"]["record"]["params"]]
         assert result["float32_correct"] == ["pass"] * 2
         assert result["float32_buggy"] == ["2.weight"]
         assert result["per_rank_data"] == "pass"
