@@ -15,13 +15,13 @@ one forward evaluation; measured 1-8x a reverse check in PyTorch (docs/benchmark
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from gradguard.engine.check import Settings, _Difference, _Run
+from gradguard.engine.directions import Direction
 
 __all__ = ["ForwardRun"]
 
@@ -60,11 +60,6 @@ class ForwardRun(_Run):
         analytic = self._jvp(s, np.array([local], dtype=np.intp), np.ones(1))
         return d._replace(analytic=analytic)
 
-    def direction(
-        self, s: int, v: npt.NDArray[np.int8] | FloatArray, scale: float = 1.0
-    ) -> _Difference:
+    def direction(self, s: int, v: Direction, scale: float = 1.0) -> _Difference:
         d = super().direction(s, v, scale)
-        unit: FloatArray = (
-            v.astype(np.float64) / math.sqrt(v.size) if v.dtype == np.int8 else v.astype(np.float64)
-        )
-        return d._replace(analytic=self._jvp(s, None, unit))
+        return d._replace(analytic=self._jvp(s, None, v.values()))
