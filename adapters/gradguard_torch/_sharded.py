@@ -10,17 +10,22 @@ call it (``gradguard.check`` is then a collective call, like a training step):
   the same check on 1, 2 or 4 ranks, or on the unsharded model, probes the same directions.
 * **Writes by owners only.** Each rank writes a perturbation only into the elements its local
   shard holds (``p.to_local()``, under ``no_grad``), found through a map from local to global
-  element index computed once with DTensor's own sharding (``distribute_tensor`` of the element
-  indices, so ``_StridedShard`` on a 2-D mesh is handled). Replicated elements are written
-  by every rank that holds them.
+  element index computed once with DTensor's own sharding (``distribute_tensor`` of each
+  dimension's indices, so ``_StridedShard`` on a 2-D mesh is handled; a contiguous shard keeps
+  only its first index). Replicated elements are written by every rank that holds them.
+* **No whole tensors.** The view is ``partitioned``: the engine never asks it for a whole
+  original or gradient, but for reductions (norms, elements, ``g . v``, non-zero counts), which
+  each rank computes on its shard and one collective on gradguard's group combines (a sum
+  counts one replica of each element). A direction probe's share of ``g . v`` rides along in
+  the agreement of its second evaluation.
 * **Collective evaluations.** Every rank evaluates the loss for every probe (the model's own
   collectives run inside its forward); then one small all-gather agrees the loss value (the mean
   over ranks, exactly the value when all ranks agree) and tells every rank whether a rank's loss
   raised. A failure on any rank becomes the same :class:`ShardedLossError`, naming the rank, on
   every rank.
 * **The gradient under test is the model's own**: ``loss.backward()`` fills ``p.grad`` as in
-  training (FSDP2 reduce-scatters and averages), the shards are gathered, and every ``.grad`` is
-  put back as it was.
+  training (FSDP2 reduce-scatters and averages), each rank keeps its local shard of it (as
+  float64), and every ``.grad`` is put back as it was.
 * **Exact restoration** is local: each rank writes its saved shards, buffers, ``.grad`` fields
   and RNG states back, with no collective, so it happens even when a collective failed.
 
