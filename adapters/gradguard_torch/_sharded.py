@@ -300,9 +300,15 @@ class _ShardSlot:
         return np.arange(self._start, self._start + self.local_size, dtype=np.intp)
 
     def fingerprint(self) -> tuple[int, int, int]:
-        """What identifies this shard's set of elements (replicas share it)."""
-        p = self.positions()
-        return self.local_size, int(p.sum()) if p.size else 0, int(p[0]) if p.size else -1
+        """What identifies this shard's set of elements (replicas share it): its size, the sum
+        of its global positions and its first one."""
+        n = self.local_size
+        if not n:
+            return 0, 0, -1
+        if self._positions is None:
+            first = self._start if self.sharded else 0
+            return n, n * first + n * (n - 1) // 2, first
+        return n, int(self._positions.sum()), int(self._positions[0])
 
     def saved64(self, a: int = 0, b: int | None = None) -> FloatArray:
         """The saved local values ``a:b``, as float64."""
@@ -339,7 +345,12 @@ class _ShardSlot:
     def write(self, index: IndexArray | None, stored: npt.NDArray[Any]) -> None:
         """Write ``stored`` (already in the tensor's dtype) at global positions, own shard only."""
         if index is None:
-            local = stored if not self.sharded else stored[self.positions()]
+            if not self.sharded:
+                local = stored
+            elif self._positions is None:
+                local = stored[self._start : self._start + self.local_size]
+            else:
+                local = stored[self._positions]
             self.write_local(local)
             return
         for i, value in zip(index, stored, strict=True):

@@ -752,6 +752,7 @@ def _check_forward(
         return report
     return None
 
+
 # A float32 backward whose formula is exact in float64 may lose this much precision (normwise,
 # relative to its float64 backward) and pass: torch.autograd.gradcheck's default rtol.
 _PRECISION_RTOL = 1e-3
