@@ -1,5 +1,5 @@
 # Two commands do all setup (see README.md):
-#   make demo   creates .venv, installs gradguard with its extras (dev, torch, tensorflow, jax, plot),
+#   make demo   creates .venv, installs gradguard with its extras (dev, torch, lightning, transformers, tensorflow, jax, plot),
 #               runs the examples and gradguard report
 #   make test   same venv, runs lint, type checks, the strict docs build and the whole test-suite
 # Both are idempotent: the install step reruns only when pyproject.toml or constraints.txt change.
@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,torch,lightning,tensorflow,jax,plot
+EXTRAS ?= dev,torch,lightning,transformers,tensorflow,jax,plot
 
 .PHONY: demo test lint typecheck docs bench clean
 
