@@ -8,6 +8,7 @@ loudly when an upgrade moves one of them.
 from __future__ import annotations
 
 import contextlib
+import sys
 import types
 from typing import Any, TypeGuard
 
@@ -16,6 +17,7 @@ import torch.distributed as dist
 import torch.overrides
 
 __all__ = [
+    "calling_trainer",
     "close_interrupted_mode_stashes",
     "compile_counts",
     "compiled_original",
@@ -139,3 +141,24 @@ def undefined_grad(output: torch.Tensor) -> torch.Tensor:
     """
     undefined: torch.Tensor = torch._C._functions.UndefinedGrad()(output)  # type: ignore[assignment]  # typed as a list of tensors; returns one
     return undefined
+
+
+def calling_trainer(depth: int = 12) -> Any:
+    """The ``transformers.Trainer`` whose method is calling the current callback event.
+
+    Trainer callbacks are given no Trainer; the Trainer calls every event from one of its
+    own methods (``_inner_training_loop`` calls ``self.callback_handler.on_train_begin``,
+    which calls each callback), so the frame ``depth`` levels up or fewer whose ``self`` is
+    a Trainer is the one running. ``None`` when there is none (a handler called by hand).
+    The Trainer's call structure is private: ``tests/test_transformers_callback.py`` pins it.
+    """
+    trainer_type = sys.modules["transformers"].Trainer
+    frame: types.FrameType | None = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, trainer_type):
+            return candidate
+        frame = frame.f_back
+    return None

@@ -1,0 +1,327 @@
+"""The Hugging Face Trainer callback, with a real Trainer and a tiny GPT-2 built from its config.
+
+No downloads: the model comes from ``GPT2Config`` (2 layers, width 32) and the data are token
+ids made in memory. Each training run is a few optimizer steps on CPU; the runs a module
+shares are made once (``trained``).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    EventAccumulator,
+)
+from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
+
+import gradguard as gg  # noqa: E402
+from gradguard.figures import figures  # noqa: E402
+from gradguard_torch._compat import calling_trainer  # noqa: E402
+from gradguard_torch.transformers import GradCheckCallback, first_batch  # noqa: E402
+
+VOCAB, LENGTH = 64, 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: on a loaded 2-core machine two threads spin and a forward takes 50x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    yield
+    torch.set_num_threads(threads)
+
+
+class Conv1DFunction(torch.autograd.Function):
+    """GPT-2's ``Conv1D`` (``x @ W + b``) with a hand-written backward.
+
+    ``buggy``: the weight gradient leaves out each sequence's first position (an off-by-one in
+    a sequence mask). The input and bias gradients stay right, so only the weight is wrong.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Any, weight: Any, bias: Any, buggy: bool) -> Any:
+        ctx.save_for_backward(x, weight)
+        ctx.buggy = buggy
+        return x @ weight + bias
+
+    @staticmethod
+    def backward(ctx: Any, grad: Any) -> Any:
+        x, weight = ctx.saved_tensors
+        seen_x, seen_grad = (x[:, 1:], grad[:, 1:]) if ctx.buggy else (x, grad)
+        grad_weight = seen_x.reshape(-1, x.shape[-1]).T @ seen_grad.reshape(-1, grad.shape[-1])
+        return grad @ weight.T, grad_weight, grad.sum(dim=(0, 1)), None
+
+
+class CustomConv1D(torch.nn.Module):
+    """Takes the place of a ``Conv1D``, with its parameters."""
+
+    def __init__(self, original: torch.nn.Module, buggy: bool) -> None:
+        super().__init__()
+        self.weight, self.bias, self.buggy = original.weight, original.bias, buggy
+
+    def forward(self, x: Any) -> Any:
+        return Conv1DFunction.apply(x, self.weight, self.bias, self.buggy)
+
+
+def _model(buggy: bool | None = None, dropout: float = 0.1) -> Any:
+    """A 2-layer GPT-2 of width 32; ``buggy`` not None: a custom Function in layer 1's MLP."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=LENGTH,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    if buggy is not None:
+        mlp = model.transformer.h[1].mlp
+        mlp.c_fc = CustomConv1D(mlp.c_fc, buggy)
+    return model
+
+
+def _data(count: int = 32) -> list[dict[str, Any]]:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (count, LENGTH), generator=generator)
+    return [{"input_ids": row, "labels": row.clone()} for row in ids]
+
+
+def _train(
+    model: Any,
+    callbacks: list[Any],
+    out: pathlib.Path,
+    *,
+    steps: int,
+    accumulation: int = 1,
+    report_to: list[str] | None = None,
+    trainer_class: type = transformers.Trainer,
+    late_callbacks: list[Any] | None = None,
+) -> Any:
+    args = transformers.TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=report_to or [],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = trainer_class(model=model, args=args, train_dataset=_data(), callbacks=callbacks)
+    for callback in late_callbacks or ():
+        trainer.add_callback(callback)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*loss_type=None.*")
+        trainer.train()
+    return trainer
+
+
+def _parameters(model: Any) -> list[Any]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+class _GradsSeen(transformers.TrainerCallback):  # type: ignore[misc]
+    """Records, after GradCheckCallback's check, whether any ``.grad`` is set at step begin."""
+
+    def __init__(self) -> None:
+        self.any_grad: list[bool] = []
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, model: Any, **_: Any) -> None:
+        self.any_grad.append(any(p.grad is not None for p in model.parameters()))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same correct model (the custom Function written right in layer 1's MLP, dropout on)
+    trained twice, with the callback (TensorBoard on) and without.
+
+    5 optimizer steps of 2 accumulated micro-batches; checks every 2 optimizer steps, at most
+    2: steps 0 and 2 are checked, then the callback switches off.
+    """
+    root = tmp_path_factory.mktemp("hf")
+    log = root / "hf.jsonl"
+    callback = GradCheckCallback(every=2, max_checks=2, log_file=str(log), seed=3)
+    grads = _GradsSeen()
+    checked = _model(buggy=False)
+    trainer = _train(
+        checked,
+        [callback],
+        root / "checked",
+        steps=5,
+        accumulation=2,
+        report_to=["tensorboard"],
+        late_callbacks=[grads],
+    )
+    rng_after_checked = torch.random.get_rng_state()
+    plain = _model(buggy=False)
+    _train(plain, [], root / "plain", steps=5, accumulation=2)
+    return {
+        "callback": callback,
+        "trainer": trainer,
+        "log": log,
+        "grads": grads,
+        "checked": _parameters(checked),
+        "plain": _parameters(plain),
+        "rng": (rng_after_checked, torch.random.get_rng_state()),
+        "events": root / "checked",
+    }
+
+
+def test_a_correct_model_trains_bit_identically_with_the_callback(trained: dict[str, Any]) -> None:
+    """Final parameters and the global RNG state: the same bits with two checks as without."""
+    assert [r.passed for r in trained["callback"].reports] == [True, True]
+    assert all(torch.equal(a, b) for a, b in zip(trained["checked"], trained["plain"], strict=True))
+    assert torch.equal(*trained["rng"])
+
+
+def test_checks_count_optimizer_steps_and_switch_off(trained: dict[str, Any]) -> None:
+    """Under 2-step accumulation the checks are at optimizer steps 0 and 2, then it stops."""
+    records = [json.loads(line) for line in trained["log"].read_text().splitlines()]
+    assert [(r["event"], r["source"], r["step"]) for r in records] == [
+        ("gradcheck", "transformers", 0),
+        ("gradcheck", "transformers", 2),
+        ("guard_disabled", "transformers", 2),
+    ]
+    assert not trained["callback"].active
+    assert trained["trainer"].state.global_step == 5
+
+
+def test_the_users_grad_fields_are_left_alone(trained: dict[str, Any]) -> None:
+    """After each check (at step begin) every ``.grad`` is still None, as the Trainer left it."""
+    assert trained["grads"].any_grad == [False] * 5
+
+
+def test_figures_reach_the_trainer_logs_and_tensorboard(trained: dict[str, Any]) -> None:
+    """Each check's figures are in ``log_history`` and in the event files ``report_to`` wrote."""
+    reports = trained["callback"].reports
+    history = [e for e in trained["trainer"].state.log_history if "gradcheck/failed" in e]
+    assert [e["step"] for e in history] == [0, 2]
+    assert history[0]["gradcheck/difference"] == reports[0].difference
+    (events,) = trained["events"].rglob("events.out.tfevents*")
+    accumulator = EventAccumulator(str(events.parent))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    expected = {"train/" + key for key in figures(reports[0])}
+    assert "train/gradcheck/difference/transformer.h.1.mlp.c_fc.weight" in expected
+    assert expected <= tags
+    scalars = accumulator.Scalars("train/gradcheck/difference")
+    assert [s.step for s in scalars] == [0, 2]
+    assert [s.value for s in scalars] == pytest.approx([r.difference for r in reports], rel=1e-6)
+    assert [s.value for s in accumulator.Scalars("train/gradcheck/failed")] == [0.0, 0.0]
+
+
+def test_a_planted_bug_in_a_custom_function_is_caught_at_the_first_check_and_named(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The weight gradient of a custom Conv1D Function in layer 1's MLP: step 0 fails, names
+    exactly that tensor, warns and stops training after the step about to run."""
+    callback = GradCheckCallback(every=10, log_file=str(tmp_path / "bug.jsonl"), seed=0)
+    with pytest.warns(gg.GradientCheckWarning, match="stopped training at step 0"):
+        trainer = _train(_model(buggy=True), [callback], tmp_path, steps=4)
+    (report,) = callback.reports
+    assert report.failed == ("transformer.h.1.mlp.c_fc.weight",)
+    assert callback.stopped_at == 0
+    assert trainer.state.global_step == 1
+    assert trainer.state.log_history[0]["gradcheck/failed"] == 1.0
+
+
+class _RegularizedTrainer(transformers.Trainer):  # type: ignore[misc]
+    """A Trainer whose ``compute_loss`` adds a penalty with a wrong hand-written gradient."""
+
+    def compute_loss(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        loss = super().compute_loss(model, inputs, *args, **kwargs)
+        return loss + _HalfSquare.apply(model.transformer.ln_f.bias)
+
+
+class _HalfSquare(torch.autograd.Function):
+    """0.5 * sum(b^2), whose backward forgets the 0.5 (returns 2b)."""
+
+    @staticmethod
+    def forward(ctx: Any, b: Any) -> Any:
+        ctx.save_for_backward(b)
+        return 0.5 * (b * b).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Any) -> Any:
+        (b,) = ctx.saved_tensors
+        return grad * 2 * b
+
+
+def test_an_overridden_compute_loss_is_what_is_checked(tmp_path: pathlib.Path) -> None:
+    """With ``trainer=``, the check's loss is the Trainer's own ``compute_loss``: the wrong
+    penalty gradient it adds is caught (only the tensor it touches is checked, for speed)."""
+    model = _model(dropout=0.0)
+    with torch.no_grad():
+        model.transformer.ln_f.bias.normal_()  # a zero bias would hide the factor
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True, save_strategy="no"
+    )
+    trainer = _RegularizedTrainer(model=model, args=args, train_dataset=_data())
+    callback = GradCheckCallback(
+        trainer=trainer, on_failure="log", seed=0, tensors=["transformer.ln_f.bias"]
+    )
+    trainer.add_callback(callback)
+    trainer.train()
+    (report,) = callback.reports
+    assert report.failed == ("transformer.ln_f.bias",)
+
+
+def test_first_batch_is_the_loaders_first_and_moves_no_random_state() -> None:
+    """A shuffling loader (seed drawn from torch's global generator): the probe is the batch
+    the loader then gives first, and every random state is as before."""
+    loader = DataLoader(_data(), batch_size=4, shuffle=True)
+    torch.manual_seed(5)
+    random.seed(5)
+    np.random.seed(5)
+    before = (torch.random.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    probe = first_batch(loader)
+    after = (torch.random.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    assert torch.equal(before[0], after[0]) and before[1] == after[1]
+    assert np.array_equal(before[2], after[2])
+    assert torch.equal(probe["input_ids"], next(iter(loader))["input_ids"])
+
+
+class _Stream(IterableDataset):  # type: ignore[type-arg]
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(_data())
+
+
+def test_an_iterable_dataset_needs_a_probe() -> None:
+    """Batches that are not drawn by index cannot be peeked at: the error says pass probe=."""
+    with pytest.raises(gg.SettingsError, match="probe=batch"):
+        first_batch(DataLoader(_Stream(), batch_size=4))
+
+
+def test_bad_settings_are_refused_at_construction() -> None:
+    """A probe that is not a dict of inputs, an unknown policy, a bad schedule: SettingsError."""
+    with pytest.raises(gg.SettingsError, match="dict of model inputs"):
+        GradCheckCallback(probe=[1, 2])
+    with pytest.raises(gg.SettingsError, match="on_failure"):
+        GradCheckCallback(on_failure="explode")  # type: ignore[arg-type]
+    with pytest.raises(gg.SettingsError, match="every"):
+        GradCheckCallback(every=0)
+    with pytest.raises(gg.SettingsError, match="Trainer"):
+        GradCheckCallback(trainer=object())  # type: ignore[arg-type]
+
+
+def test_calling_trainer_is_none_outside_a_trainer() -> None:
+    """The frame walk that finds the Trainer finds nothing when no Trainer calls."""
+    assert calling_trainer() is None
