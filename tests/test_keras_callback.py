@@ -710,3 +710,27 @@ def test_keras_callback_example_catches_the_bug_and_trains_the_fix(tmp_path: pat
     found = records(log)
     assert [r["event"] for r in found].count("gradcheck") == 4
     assert found[-1]["event"] == "guard_disabled" and found[-1]["reason"] == "passed"
+
+
+def test_figures_reach_the_epoch_logs_and_keras_tensorboard(tmp_path: pathlib.Path) -> None:
+    """Each epoch with a check gets its last check's figures in ``logs``: History has them, and
+    Keras' TensorBoard callback (listed after) writes them as ``epoch_gradcheck/...``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = GradCheckCallback(probe=(X[:8], Y[:8]), every=3, max_checks=2, seed=0)
+    board = keras.callbacks.TensorBoard(log_dir=str(tmp_path), write_graph=False)
+    history = fit(mlp(), [callback, board], epochs=3)  # 4 steps an epoch: both in epoch 0
+    second = callback.reports[1]  # epoch 0's last check
+    assert history.history["gradcheck/difference"] == [second.difference]
+    assert history.history["gradcheck/failed"] == [0.0]
+    assert history.history["gradcheck/difference/mlp/h/kernel"] == [
+        second["mlp/h/kernel"].difference
+    ]
+    accumulator = EventAccumulator(str(tmp_path / "train"))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["tensors"])
+    assert {"epoch_gradcheck/difference", "epoch_gradcheck/failed"} <= tags
+    assert "epoch_gradcheck/difference/mlp/out/bias" in tags
+    (event,) = accumulator.Tensors("epoch_gradcheck/difference")
+    assert event.step == 0
+    assert float(tf.make_ndarray(event.tensor_proto)) == pytest.approx(second.difference, rel=1e-6)

@@ -204,3 +204,46 @@ def test_two_callbacks_keep_their_own_state(tmp_path: pathlib.Path) -> None:
     a = GradCheckCallback(lambda m: F.mse_loss(m(x), y), every=2)
     b = GradCheckCallback(lambda m: F.mse_loss(m(x), y), every=5)
     assert a.state_key != b.state_key
+
+
+def test_figures_reach_a_tensorboard_logger_through_pl_module_log(tmp_path: pathlib.Path) -> None:
+    """The callback logs each check's figures with ``pl_module.log``: a real TensorBoardLogger
+    writes ``gradcheck/difference``, ``gradcheck/failed`` and one difference per tensor at
+    the checked steps (``log_every_n_steps=1``), and holds them until the epoch ends."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x, y = data()
+    callback = GradCheckCallback(
+        lambda m: F.mse_loss(m(x[:16]), y[:16]), every=3, max_checks=2, seed=1
+    )
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
+    trainer = lightning.Trainer(
+        callbacks=[callback],
+        max_steps=10,
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(str(tmp_path), name="run", version=0),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        trainer.fit(_module(), loader)
+    accumulator = EventAccumulator(str(tmp_path / "run" / "version_0"))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"gradcheck/difference", "gradcheck/failed"} <= tags
+    names = [p.name for p in callback.reports[0].params]
+    assert {f"gradcheck/difference/{name}" for name in names} <= tags
+    written = {s.step: s.value for s in accumulator.Scalars("gradcheck/difference")}
+    first, second = (r.difference for r in callback.reports)
+    assert written[0] == pytest.approx(first, rel=1e-6)
+    assert written[3] == pytest.approx(second, rel=1e-6)
+    # Lightning writes a value logged from a hook again at each logging step until the
+    # epoch ends (8 batches here): the dashboard holds the last check's figure.
+    assert written[1] == written[0] and written[7] == written[3] and 8 not in written
+    assert set(s.value for s in accumulator.Scalars("gradcheck/failed")) == {0.0}

@@ -35,6 +35,7 @@ import numpy as np
 
 from gradguard.engine import Settings
 from gradguard.errors import GradGuardError, InvalidParamsError, LossError, SettingsError
+from gradguard.figures import figures
 from gradguard.guard import Guard, Schedule, disabled_by_environment
 from gradguard.kit.messages import one_line
 from gradguard.kit.options import Precision, PrecisionParams
@@ -247,6 +248,7 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
         self._epoch_start = 0
         self._last_batch = -1
         self._next = 0
+        self._figures: dict[str, float] = {}  # the epoch's last check, for its logs
 
     # -- state -------------------------------------------------------------------------------
 
@@ -288,6 +290,7 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
         self._epoch_start = 0
         self._last_batch = -1
         self._next = 0
+        self._figures = {}
         params = self.params or {}
         self._steps_per_epoch = params.get("steps")
         model = self.model
@@ -334,6 +337,7 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
             # Reading Callback.model syncs JAX's out-of-model state into the variables.
             self.model  # noqa: B018
             report = self._target.run(lambda: guard.check(step))
+            self._figures = figures(report)
             if guard.should_stop:
                 self.model.stop_training = True
             if self.verbose:
@@ -361,7 +365,18 @@ class GradCheckCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Kera
         print(f"\nStep {step}: {what}")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        """Carry the global step count over to the next epoch (Keras restarts ``batch``)."""
+        """Add the epoch's last check's figures to its ``logs``; carry the global step count
+        over to the next epoch (Keras restarts ``batch``).
+
+        The figures (``gradcheck/difference``, ``gradcheck/failed``,
+        ``gradcheck/difference/<variable>``: :func:`gradguard.figures.figures`) go into the
+        dict that the callbacks listed after this one, and ``History``, read: Keras'
+        ``TensorBoard`` callback writes them as ``epoch_gradcheck/...``. An epoch without a
+        check adds nothing.
+        """
+        if self._figures and logs is not None:
+            logs.update(self._figures)
+        self._figures = {}
         if not self._checking:
             return
         if self._steps_per_epoch is not None:

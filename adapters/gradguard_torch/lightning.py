@@ -32,6 +32,7 @@ import torch
 
 from gradguard.engine import Settings
 from gradguard.errors import LossError, SettingsError
+from gradguard.figures import figures
 from gradguard.guard import Guard, Schedule
 from gradguard.policy import DEFAULT_ON_FAILURE, OnFailure, apply_policy, validate_on_failure
 from gradguard.results import CheckReport
@@ -209,6 +210,9 @@ class GradCheckCallback(pl.Callback):
         if not self.schedule.due(step):
             return
         report = guard.step(step)  # None on a rank that does not check
+        if report is not None:
+            # Only this rank logs: no sync_dist (the other ranks would wait in it).
+            pl_module.log_dict(figures(report), on_step=True, on_epoch=False, rank_zero_only=True)
         strategy = trainer.strategy
         failed = strategy.reduce_boolean_decision(
             report is not None and not report.passed, all=False
