@@ -44,7 +44,10 @@ demo: $(STAMP)
 	@echo "=== 6. PyTorch operators: gradguard_torch.gradcheck as a float32 drop-in for torch's"
 	$(PY) examples/torch_gradcheck_dropin.py
 	@echo
-	@echo "=== 7. gradguard report over every log the demo wrote"
+	@echo "=== 7. Hugging Face Trainer: a hand-written backward in a tiny GPT-2, caught by GradCheckCallback"
+	$(PY) examples/hf_trainer.py --log $(DEMO_LOGS)/hf_trainer.jsonl --out $(DEMO_LOGS)/hf_trainer
+	@echo
+	@echo "=== 8. gradguard report over every log the demo wrote"
 	@$(VENV)/bin/gradguard report $(DEMO_LOGS)/*.jsonl --plot $(DEMO_LOGS)/gradcheck.png; \
 	  code=$$?; echo; \
 	  echo "gradguard report exited with $$code: 1 means a check failed (or was inconclusive), as expected here (the buggy"; \

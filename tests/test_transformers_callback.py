@@ -8,8 +8,11 @@ shares are made once (``trained``).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import random
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +22,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+from hf_toy import data as _data  # noqa: E402
+from hf_toy import model as _model  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
     EventAccumulator,
 )
@@ -29,8 +34,6 @@ from gradguard.figures import figures  # noqa: E402
 from gradguard_torch._compat import calling_trainer  # noqa: E402
 from gradguard_torch.transformers import GradCheckCallback, first_batch  # noqa: E402
 
-VOCAB, LENGTH = 64, 16
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
@@ -40,66 +43,6 @@ def one_thread() -> Iterator[None]:
     transformers.logging.set_verbosity_error()
     yield
     torch.set_num_threads(threads)
-
-
-class Conv1DFunction(torch.autograd.Function):
-    """GPT-2's ``Conv1D`` (``x @ W + b``) with a hand-written backward.
-
-    ``buggy``: the weight gradient leaves out each sequence's first position (an off-by-one in
-    a sequence mask). The input and bias gradients stay right, so only the weight is wrong.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Any, weight: Any, bias: Any, buggy: bool) -> Any:
-        ctx.save_for_backward(x, weight)
-        ctx.buggy = buggy
-        return x @ weight + bias
-
-    @staticmethod
-    def backward(ctx: Any, grad: Any) -> Any:
-        x, weight = ctx.saved_tensors
-        seen_x, seen_grad = (x[:, 1:], grad[:, 1:]) if ctx.buggy else (x, grad)
-        grad_weight = seen_x.reshape(-1, x.shape[-1]).T @ seen_grad.reshape(-1, grad.shape[-1])
-        return grad @ weight.T, grad_weight, grad.sum(dim=(0, 1)), None
-
-
-class CustomConv1D(torch.nn.Module):
-    """Takes the place of a ``Conv1D``, with its parameters."""
-
-    def __init__(self, original: torch.nn.Module, buggy: bool) -> None:
-        super().__init__()
-        self.weight, self.bias, self.buggy = original.weight, original.bias, buggy
-
-    def forward(self, x: Any) -> Any:
-        return Conv1DFunction.apply(x, self.weight, self.bias, self.buggy)
-
-
-def _model(buggy: bool | None = None, dropout: float = 0.1) -> Any:
-    """A 2-layer GPT-2 of width 32; ``buggy`` not None: a custom Function in layer 1's MLP."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        vocab_size=VOCAB,
-        n_positions=LENGTH,
-        bos_token_id=0,
-        eos_token_id=0,
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-    )
-    model = transformers.GPT2LMHeadModel(config)
-    if buggy is not None:
-        mlp = model.transformer.h[1].mlp
-        mlp.c_fc = CustomConv1D(mlp.c_fc, buggy)
-    return model
-
-
-def _data(count: int = 32) -> list[dict[str, Any]]:
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, VOCAB, (count, LENGTH), generator=generator)
-    return [{"input_ids": row, "labels": row.clone()} for row in ids]
 
 
 def _train(
@@ -325,3 +268,35 @@ def test_bad_settings_are_refused_at_construction() -> None:
 def test_calling_trainer_is_none_outside_a_trainer() -> None:
     """The frame walk that finds the Trainer finds nothing when no Trainer calls."""
     assert calling_trainer() is None
+
+
+def _run_example(name: str, *args: str) -> str:
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
+    result = subprocess.run(
+        [sys.executable, str(root / "examples" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_hf_trainer_example_catches_the_bug_and_trains_the_fix(tmp_path: pathlib.Path) -> None:
+    """examples/hf_trainer.py: the buggy Function stops training at step 0 naming its weight;
+    the fix passes two checks, switches off, and TensorBoard events are written."""
+    log = tmp_path / "hf.jsonl"
+    out = _run_example("hf_trainer.py", "--log", str(log), "--out", str(tmp_path / "out"))
+    assert "stopped at step 0; wrong: transformer.h.1.mlp.c_fc.weight" in out
+    assert "trained 1 of 6 optimizer steps" in out and "trained 6 of 6 optimizer steps" in out
+    assert out.count(": pass, difference") == 2 and "switched itself off: True" in out
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["event"], r.get("passed")) for r in records] == [
+        ("gradcheck", False),
+        ("gradcheck", True),
+        ("gradcheck", True),
+        ("guard_disabled", None),
+    ]
+    assert list((tmp_path / "out" / "fixed").rglob("events.out.tfevents*"))
