@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 import gradguard as gg  # noqa: E402
 from gradguard.figures import figures  # noqa: E402
+from gradguard.guard import DISABLE_ENV  # noqa: E402
 from gradguard_torch._compat import calling_trainer  # noqa: E402
 from gradguard_torch.transformers import GradCheckCallback, first_batch  # noqa: E402
 
@@ -300,3 +301,24 @@ def test_hf_trainer_example_catches_the_bug_and_trains_the_fix(tmp_path: pathlib
         ("guard_disabled", None),
     ]
     assert list((tmp_path / "out" / "fixed").rglob("events.out.tfevents*"))
+
+
+def test_the_environment_switch_makes_the_callback_inert(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRADGUARD_DISABLE: no probe is read (an iterable dataset is no error), no check, one
+    ``guard_disabled`` record with reason "environment"."""
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    log = tmp_path / "off.jsonl"
+    callback = GradCheckCallback(every=1, log_file=str(log))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, report_to=[], use_cpu=True, save_strategy="no"
+    )
+    trainer = transformers.Trainer(
+        model=_model(), args=args, train_dataset=_Stream(), callbacks=[callback]
+    )
+    trainer.train()
+    assert callback.reports == () and not callback.active
+    assert trainer.state.global_step == 2
+    (record,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert (record["event"], record["reason"]) == ("guard_disabled", "environment")

@@ -48,7 +48,7 @@ import transformers
 from gradguard.engine import Settings
 from gradguard.errors import LossError, SettingsError
 from gradguard.figures import figures
-from gradguard.guard import Guard, Schedule
+from gradguard.guard import Guard, Schedule, disabled_by_environment
 from gradguard.policy import DEFAULT_ON_FAILURE, OnFailure, apply_policy, validate_on_failure
 from gradguard.results import CheckReport
 from gradguard_torch._compat import calling_trainer
@@ -159,10 +159,13 @@ class GradCheckCallback(transformers.TrainerCallback):
         if model is None:
             raise SettingsError("the Trainer gave GradCheckCallback no model")
         self._trainer = self.trainer if self.trainer is not None else calling_trainer()
-        batch = self.probe if self.probe is not None else first_batch(train_dataloader)
-        batch = _to_device(batch, _device_of(model))
+        if disabled_by_environment():  # the guard is off from the start: no probe is read
+            loss: Callable[[torch.nn.Module], Any] = _never_evaluated
+        else:
+            batch = self.probe if self.probe is not None else first_batch(train_dataloader)
+            loss = _loss(_to_device(batch, _device_of(model)), self._trainer)
         self._guard = Guard(
-            _loss(batch, self._trainer),
+            loss,
             model,
             every=self.schedule.every,
             start=self.schedule.start,
@@ -312,6 +315,10 @@ def _random_states_kept(sampler: Any) -> Iterator[None]:
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
         torch.random.set_rng_state(cpu)
+
+
+def _never_evaluated(model: torch.nn.Module) -> Any:
+    raise AssertionError("a guard disabled by GRADGUARD_DISABLE never evaluates its loss")
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
