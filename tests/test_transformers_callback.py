@@ -7,11 +7,10 @@ shares are made once (``trained``).
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
 import pathlib
 import random
-import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -271,25 +270,29 @@ def test_calling_trainer_is_none_outside_a_trainer() -> None:
     assert calling_trainer() is None
 
 
-def _run_example(name: str, *args: str) -> str:
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
-    result = subprocess.run(
-        [sys.executable, str(root / "examples" / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+def _run_example(name: str, *args: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run an example's ``main()`` in this process (transformers is imported already: a child
+    process would spend seconds importing it again) and return what it printed."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / name
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [str(path), *args])
+        module.main()
+    return capsys.readouterr().out
 
 
-def test_hf_trainer_example_catches_the_bug_and_trains_the_fix(tmp_path: pathlib.Path) -> None:
+def test_hf_trainer_example_catches_the_bug_and_trains_the_fix(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """examples/hf_trainer.py: the buggy Function stops training at step 0 naming its weight;
     the fix passes two checks, switches off, and TensorBoard events are written."""
     log = tmp_path / "hf.jsonl"
-    out = _run_example("hf_trainer.py", "--log", str(log), "--out", str(tmp_path / "out"))
+    options = ("--log", str(log), "--out", str(tmp_path / "out"))
+    out = _run_example("hf_trainer.py", *options, capsys=capsys)
     assert "stopped at step 0; wrong: transformer.h.1.mlp.c_fc.weight" in out
     assert "trained 1 of 6 optimizer steps" in out and "trained 6 of 6 optimizer steps" in out
     assert out.count(": pass, difference") == 2 and "switched itself off: True" in out
