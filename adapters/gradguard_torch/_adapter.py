@@ -491,6 +491,7 @@ class TorchView(FlatView):
         self._in_place = False
         self._seen_loss_dtype: torch.dtype | None = None
         self._gradient_dtype: np.dtype[Any] | None = None
+        self._spread: FloatArray | None = None
         self.native_gradient = native_gradient
         self._tf32: Tf32Switch | None = None
         self._shadow: torch.nn.Module | None = None
@@ -764,7 +765,21 @@ class TorchView(FlatView):
                 loss = self._loss(module)
                 if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
                     return  # a loss that does not differentiate natively: keep float64
-                grads = torch.autograd.grad(loss.reshape(()), params, allow_unused=True)
+                half = seen.dtype is not None or any(t.dtype in _HALF for t in params)
+                scalar = loss.reshape(())
+                grads = torch.autograd.grad(scalar, params, allow_unused=True, retain_graph=half)
+                rescaled = _rescaled_gradient(scalar, params) if half else None
+                if rescaled is not None:
+                    kinds = {t.dtype for t in params} | {seen.dtype}
+                    unit = _DITHER[torch.bfloat16 if torch.bfloat16 in kinds else torch.float16]
+                    self._rng.replay()
+                    self._user_buffers.replay()
+                    self._user_generators.replay()
+                    with _Dithered(params, unit):
+                        again = self._loss(module)
+                        dithered = torch.autograd.grad(
+                            again.reshape(()), params, allow_unused=True
+                        )
             drew = not torch.equal(torch.default_generator.get_state(), self._rng.cpu) or any(
                 not torch.equal(g.get_state(), state) for g, state in self._user_generators.saved
             )
@@ -805,6 +820,21 @@ class TorchView(FlatView):
         )
         self._gradient = flat
         self._gradient_dtype = dtype
+        if rescaled is not None:
+            # Two resamplings of the rounding, added in quadrature: the backward's (the loss
+            # rescaled) and the forward's (the parameters dithered by one rounding unit).
+            samples = [
+                flatten_gradient(
+                    self.layout,
+                    g,
+                    to_array=_to_numpy,
+                    missing="zero",
+                    source="the native gradient (autograd on the user's module)",
+                )
+                - flat
+                for g in (rescaled, dithered)
+            ]
+            self._spread = np.hypot(*samples)
 
     def _requiring_grad(self) -> _RequiresGrad:
         return _RequiresGrad([slot.target for slot in self._slots])
@@ -932,6 +962,9 @@ class TorchView(FlatView):
     @property
     def gradient_dtype(self) -> np.dtype[Any]:
         return self._gradient_dtype if self._gradient_dtype is not None else self._loss_dtype
+
+    def gradient_spread(self) -> FloatArray | None:
+        return self._spread
 
     def gradient(self) -> FloatArray:
         if self._gradient is None:
@@ -1163,6 +1196,71 @@ def _leaf_dtype(value: Any) -> np.dtype[Any]:
     if isinstance(dtype, np.dtype) and dtype.kind == "f":
         return dtype
     return np.dtype(np.float64)
+
+
+# The factor the loss is scaled by for a half-precision gradient's second backward (the
+# spread sample of gradguard.engine.spread): not a power of two, so every rounding in the
+# backward lands differently, and close to 1, so nothing overflows or underflows.
+_RESCALE = 4.0 / 3.0
+_HALF = frozenset({torch.bfloat16, torch.float16})
+# The relative size of the dither of a half-precision gradient's parameters: one unit
+# round-off of the dtype the gradient is computed in.
+_DITHER = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+_DITHER_SEED = 0x6D70  # a private generator: the global RNG is never drawn from
+
+
+class _Dithered:
+    """Every parameter multiplied by ``1 +- unit`` (random signs), then put back bit-exactly.
+
+    The forward's rounding resampled: a second native gradient at dithered values differs
+    from the first by what rounding the forward's values once more does (a ReLU mask flipped
+    by a rounded pre-activation, a cancelling sum), plus a change of the true gradient of the
+    same order. A bug in the backward is in both and cancels.
+    """
+
+    def __init__(self, params: list[torch.Tensor], unit: float) -> None:
+        self.params = params
+        self.unit = unit
+        self.saved: list[torch.Tensor] = []
+
+    @transition
+    def __enter__(self) -> None:
+        generator = torch.Generator().manual_seed(_DITHER_SEED)
+        values = []
+        for p in self.params:
+            signs = torch.randint(0, 2, p.shape, generator=generator).to(p.device) * 2.0 - 1.0
+            values.append((p.detach().double() * (1.0 + self.unit * signs)).to(p.dtype))
+        with deferred(), torch.no_grad():  # all written or none, whenever a Ctrl-C comes
+            self.saved = [p.detach().clone() for p in self.params]
+            for p, value in zip(self.params, values, strict=True):
+                p.copy_(value)
+        entered(self._put_back)
+
+    def _put_back(self) -> None:
+        with torch.no_grad():
+            for p, value in zip(self.params, self.saved, strict=True):
+                p.copy_(value)
+
+    @transition
+    def __exit__(self, *exc: object) -> None:
+        with deferred():
+            self._put_back()
+        left()
+
+
+def _rescaled_gradient(
+    loss: torch.Tensor, params: list[torch.Tensor]
+) -> tuple[torch.Tensor | None, ...] | None:
+    """The gradient again, from the same graph with the loss scaled by ``_RESCALE`` and the
+    result divided back: the same mathematics, different rounding. ``None`` where the graph
+    cannot be run twice (a compiled backward that frees its buffers)."""
+    factor = torch.full((), _RESCALE, dtype=loss.dtype, device=loss.device)
+    exact = float(factor)  # the factor as the loss's dtype holds it
+    try:
+        grads = torch.autograd.grad(loss, params, grad_outputs=factor, allow_unused=True)
+    except RuntimeError:
+        return None
+    return tuple(None if g is None else g.double() / exact for g in grads)
 
 
 class TorchAdapter(Adapter):

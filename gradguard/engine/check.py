@@ -57,6 +57,7 @@ from gradguard.engine.numerics import (
 from gradguard.engine.sampling import allocate, sample_among_nonzero, sample_coordinates
 from gradguard.engine.screen import ScreenOutcome, screen
 from gradguard.engine.selection import Selection
+from gradguard.engine.spread import SPREAD_FACTOR, tensor_spreads
 from gradguard.engine.values import DenseValues, TensorValues
 from gradguard.engine.verdict import BLIND_FACTOR, NOISE_FACTOR, Evidence, allowance, classify
 from gradguard.errors import LossError, SettingsError
@@ -324,6 +325,7 @@ class _Run:
         self.loss_noise = 0.0  # measured round-off of one loss evaluation (0: not measured)
         self.u_grad = 0.0  # unit round-off of the analytic gradient's dtype
         self.grad_tiny = 0.0  # its smallest normal number, when less precise than the loss
+        self.spreads: FloatArray = np.empty(0)  # per tensor, the gradient's measured spread
         # Whole original values: a list of flat vectors, or, for a partitioned view, a lazy
         # sequence gathering one tensor per access (joint screening only reads them).
         self.originals: Sequence[FloatArray] = []
@@ -520,6 +522,8 @@ def run_check(
     # right as the dtype can be.
     if run.u_grad > run.u and np.issubdtype(np.dtype(gradient_dtype), np.floating):
         run.grad_tiny = float(np.finfo(gradient_dtype).tiny)
+    if settings.mode == "reverse":  # a forward-mode JVP has no measured spread
+        run.spreads = tensor_spreads(view.gradient_spread(), layout)
     run.tolerance = (
         settings.tolerance
         if settings.tolerance is not None
@@ -820,6 +824,8 @@ def _evidence(run: _Run, members: npt.NDArray[np.intp], scale: float) -> Evidenc
         # and to the tensor's typical gradient (sums that cancel lose digits).
         typical = float(np.sqrt(np.mean(np.square(analytic)))) if analytic.size else 0.0
         noise = noise + _GRADIENT_ULPS * run.u_grad * (np.abs(analytic) + typical)
+    if run.spreads.any():
+        noise = noise + SPREAD_FACTOR * run.spreads[[p.segment[i] for i in members]]
     e = Evidence(
         analytic,
         np.array([p.numeric[i] for i in members]),

@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gradguard.engine.sampling import rademacher_signs
+from gradguard.engine.spread import joint_spread
 from gradguard.engine.verdict import Evidence, allowance, classify
 from gradguard.errors import LossError
 from gradguard.results import Status
@@ -271,6 +272,8 @@ def _probe(run: _Run, d: _Direction, members: Sequence[int], scale: float = 1.0)
     if run.u_grad > run.u:
         squares = float(sum(a * a for a in shares.values()))
         noise += _SCREEN_GRADIENT_ULPS * run.u_grad * math.sqrt(squares)
+    if run.spreads.any():
+        noise += joint_spread(run.spreads, {s: float(np.linalg.norm(m)) for s, m in spans.items()})
     # Measured at scale: report in units of the full step, like the per-tensor second look.
     return _Joint(
         tuple(members),

@@ -24,7 +24,8 @@ The engine calls a view in this order, and an adapter may rely on it (the confor
 4. ``loss_dtype``, read after the first evaluation; it sets the step and the tolerance, so it
    must not change afterwards.
 5. ``gradient()``, once, with every tensor at its original values; then ``gradient_dtype``
-   (by default ``loss_dtype``), which widens the tolerance for a less precise gradient.
+   (by default ``loss_dtype``), which widens the tolerance for a less precise gradient, and
+   ``gradient_spread()`` (by default ``None``), a measured sample of that gradient's round-off.
 6. ``evaluate()`` again at the original values (the determinism check), then ``drifted()``.
 7. Probes, one tensor at a time: ``write`` / ``write_element`` on tensor ``s``, then
    ``evaluate()``, possibly more writes to the same tensor and evaluations, then ``reset`` /
@@ -162,6 +163,20 @@ class FlatView(abc.ABC):
         then allows for that gradient's own round-off.
         """
         return self.loss_dtype
+
+    def gradient_spread(self) -> FloatArray | None:
+        """A measured sample of the analytic gradient's own round-off, per element, or ``None``.
+
+        Asked once, right after ``gradient_dtype``. An adapter whose gradient is computed in
+        half precision (bfloat16, float16, autocast) may compute it a second time with
+        different rounding and the same mathematics (the loss scaled by a factor that is not a
+        power of two, the gradient divided by it again) and return the difference, flattened
+        in layout order as float64: the engine then allows for that measured round-off in each
+        tensor (:mod:`gradguard.engine.spread`). A bug in the backward is in both gradients
+        and cancels from the difference; only rounding remains. The default, ``None``: not
+        measured (the a-priori allowance of the gradient dtype alone).
+        """
+        return None
 
     @abc.abstractmethod
     def gradient(self) -> FloatArray:

@@ -1,0 +1,55 @@
+"""The analytic gradient's measured round-off: an allowance per tensor from a spread sample.
+
+A half-precision gradient (bfloat16 or float16 parameters, a float32 model under autocast)
+differs from the exact gradient of the same function by far more than its dtype's epsilon
+suggests in some tensors and far less in others: sums that cancel (a LayerNorm weight, an
+output bias), products of large intermediates, each rounded once. No a-priori bound from the
+gradient alone sees which tensor is which (docs/numerics.md, "Mixed precision"). So an
+adapter may measure it: the same gradient computed again with different rounding and the
+same mathematics (the loss scaled by a factor that is not a power of two, the gradient
+divided back) differs from the first by a sample of the rounding alone. Its root mean square
+over a tensor is that tensor's *spread*; a probe of the tensor (unit direction or coordinate)
+is allowed ``SPREAD_FACTOR`` spreads of disagreement on top of the other noise.
+
+A bug in the backward is the same in both gradients and cancels from the spread: it cannot
+widen its own allowance. What the second gradient does not resample (the forward's rounding:
+the same activations are saved for both backward passes) is covered by the factor, measured on
+the zoo in ``benchmarks/bench_mixed_precision.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from gradguard.engine.layout import Layout
+
+__all__ = ["SPREAD_FACTOR", "joint_spread", "tensor_spreads"]
+
+FloatArray = npt.NDArray[np.float64]
+
+# Allowed disagreement per probe in units of the tensor's measured spread (RMS of the
+# difference between two roundings of the gradient). See docs/numerics.md for the zoo.
+SPREAD_FACTOR = 1.5
+
+
+def tensor_spreads(spread: FloatArray | None, layout: Layout) -> FloatArray:
+    """Per tensor, the root mean square of the spread sample over its elements (0: none)."""
+    out = np.zeros(len(layout))
+    if spread is None:
+        return out
+    for s, segment in enumerate(layout):
+        part = spread[segment.offset : segment.stop]
+        if part.size:
+            out[s] = math.sqrt(float(np.dot(part, part)) / part.size)
+    return out
+
+
+def joint_spread(spreads: FloatArray, move_norms: dict[int, float]) -> float:
+    """The spread along a joint direction: tensor ``t`` moved by a vector of norm
+    ``move_norms[t]`` contributes ``norm * spread_t``; independent tensors add in quadrature."""
+    return SPREAD_FACTOR * math.sqrt(
+        sum((norm * float(spreads[s])) ** 2 for s, norm in move_norms.items())
+    )
