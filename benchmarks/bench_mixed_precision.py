@@ -137,10 +137,17 @@ Zoo = Iterator[tuple[str, Callable[[], nn.Module], tuple[int, ...], tuple[int, .
 
 def zoo() -> Zoo:
     """(name, constructor, input shape, target shape) for every model."""
-    yield "relu", lambda: nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1)), (16, 16), (16, 1)
+    yield (
+        "relu",
+        lambda: nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1)),
+        (16, 16),
+        (16, 1),
+    )
     yield (
         "gelu",
-        lambda: nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 1)),
+        lambda: nn.Sequential(
+            nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 1)
+        ),
         (16, 16),
         (16, 1),
     )
@@ -188,7 +195,9 @@ def build(
     return model, loss, x, y
 
 
-def own_error(model: nn.Module, loss: Callable[[nn.Module], Tensor], x: Tensor, y: Tensor) -> tuple[float, str, float]:
+def own_error(
+    model: nn.Module, loss: Callable[[nn.Module], Tensor], x: Tensor, y: Tensor
+) -> tuple[float, str, float]:
     """The worst tensor's relative difference from float64 autodiff, its name, and the
     smallest spread/own-error ratio over tensors whose own error exceeds 3e-3."""
     params = list(model.parameters())
@@ -212,8 +221,10 @@ def own_error(model: nn.Module, loss: Callable[[nn.Module], Tensor], x: Tensor, 
 
 
 def run(seeds: int) -> None:
-    print("| model | mode | own error (worst tensor), max over seeds | spread coverage, min | "
-          "correct: FAIL / INCONCLUSIVE tensors | 5% bug: caught, localized |")
+    print(
+        "| model | mode | own error (worst tensor), max over seeds | spread coverage, min | "
+        "correct: FAIL / INCONCLUSIVE tensors | 5% bug: caught, localized |"
+    )
     print("|---|---|---|---|---|---|")
     totals = {"false alarms": 0, "inconclusive": 0, "bugs": 0, "caught": 0, "localized": 0}
     for name, make, xs, ys in zoo():
@@ -246,8 +257,10 @@ def run(seeds: int) -> None:
             totals["localized"] += localized
             bug = f"{caught}/{bugs}, {localized}/{bugs}" if bugs else "-"
             cov = f"{coverage:.2f}" if np.isfinite(coverage) else "-"
-            print(f"| {name} | {mode} | {worst:.2e} ({worst_name}) | {cov} | "
-                  f"{len(fails)} {sorted(set(fails))} / {len(blind)} {sorted(set(blind))} | {bug} |")
+            print(
+                f"| {name} | {mode} | {worst:.2e} ({worst_name}) | {cov} | "
+                f"{len(fails)} {sorted(set(fails))} / {len(blind)} {sorted(set(blind))} | {bug} |"
+            )
     print()
     print(f"seeds per cell: {seeds}; totals: {totals}")
 

@@ -777,9 +777,7 @@ class TorchView(FlatView):
                     self._user_generators.replay()
                     with _Dithered(params, unit):
                         again = self._loss(module)
-                        dithered = torch.autograd.grad(
-                            again.reshape(()), params, allow_unused=True
-                        )
+                        dithered = torch.autograd.grad(again.reshape(()), params, allow_unused=True)
             drew = not torch.equal(torch.default_generator.get_state(), self._rng.cpu) or any(
                 not torch.equal(g.get_state(), state) for g, state in self._user_generators.saved
             )
