@@ -128,7 +128,7 @@ class _Miscompile:
             if node.target is torch.ops.aten.tanh_backward.default:
                 with gm.graph.inserting_after(node):
                     wrong = gm.graph.call_function(torch.ops.aten.mul.Tensor, (node, 1.05))
-                node.replace_all_uses_with(wrong, delete_user_cb=wrong.__ne__)
+                node.replace_all_uses_with(wrong, delete_user_cb=lambda u, w=wrong: u is not w)
         gm.recompile()
 
         def run(*args: Any) -> Any:
