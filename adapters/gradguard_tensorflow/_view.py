@@ -15,7 +15,7 @@ from gradguard.errors import GradGuardError, InvalidParamsError, SettingsError
 from gradguard.kit import notes as kit_notes
 from gradguard.kit.buffered import BufferedView
 from gradguard.kit.contract import scalar_loss_value
-from gradguard.kit.dtypes import least_precise
+from gradguard.kit.dtypes import judged_dtype, least_precise
 from gradguard.kit.gradients import autodiff_gradient, flatten_gradient, leaves_by_name
 from gradguard.kit.messages import one_line
 from gradguard_tensorflow._distribute import require_no_strategy
@@ -299,15 +299,17 @@ class TensorFlowView(BufferedView):
             to_array=_to_array,
             source="the analytic gradient (GradientTape)",
         )
-        native_dtype = least_precise(*(s.dtype for s in self._slots))
+        computed = self._compute_dtypes()
+        native_dtype = least_precise(
+            *(s.dtype for s in self._slots), *(judged_dtype(name) for name in computed)
+        )
         if (
             self._native_gradient
             and isinstance(program, StatelessProgram)
             and program.precision == "float64"
             and native_dtype != np.float64
-            and not self._mixed_policy()
         ):
-            return self._native(flat, native_dtype)
+            return self._native(flat, native_dtype, computed)
         return flat
 
     # -- second order and forward mode (Keras variables, through the StatelessScope) --------
@@ -367,10 +369,14 @@ class TensorFlowView(BufferedView):
         value = self._functions("mode='forward'").jvp(self._tensors(vector))
         return float(np.asarray(value.numpy(), dtype=np.float64))
 
-    def _native(self, reference: FloatArray, dtype: np.dtype[Any]) -> FloatArray:
+    def _native(
+        self, reference: FloatArray, dtype: np.dtype[Any], computed: frozenset[str]
+    ) -> FloatArray:
         """The gradient as a training step computes it: a GradientTape over the variables in
         their own dtype, through the same StatelessScope (nothing written), from the same
-        state values. The float64 trace's gradient stays the reference the notes compare."""
+        state values; under a mixed policy (``computed``: the layers' compute dtypes that
+        differ from their variables'), in that compute dtype, judged as such. The float64
+        trace's gradient stays the reference the notes compare."""
         key = ("native-gradient",)
         functions = self._cache.get(key) if self._cache is not None else None
         try:
@@ -412,23 +418,26 @@ class TensorFlowView(BufferedView):
                 "draws can differ"
             )
             return reference
+        policy = f", a mixed policy computing in {', '.join(sorted(computed))}" if computed else ""
         self._notes[kit_notes.GRADIENT] = (
-            f"native {dtype} (the model as it trains); the float64 trace's differs by {apart:.1e}"
+            f"native {dtype} (the model as it trains{policy}); the float64 trace's differs by "
+            f"{apart:.1e}"
         )
         self._gradient_dtype = dtype
         return flat
 
-    def _mixed_policy(self) -> bool:
-        """Whether a layer computes in another dtype than its variables (``mixed_bfloat16``,
-        ``mixed_float16``): its native gradient is not a float32 one, and is not judged as
-        one; the float64 trace's gradient is used (docs/tensorflow.md, "Limits")."""
+    def _compute_dtypes(self) -> frozenset[str]:
+        """The compute dtypes of layers that compute in another dtype than their variables
+        (``mixed_bfloat16``, ``mixed_float16``): the native gradient is worth the least
+        precise of them, not its variables' float32."""
+        found: set[str] = set()
         for root in self._roots:
             layers = [root, *getattr(root, "_flatten_layers", lambda: [])()]
             for layer in layers:
                 policy = getattr(layer, "dtype_policy", None)
                 if policy is not None and policy.compute_dtype != policy.variable_dtype:
-                    return True
-        return False
+                    found.add(str(policy.compute_dtype))
+        return frozenset(found)
 
     def _draws_randomly(self) -> bool:
         """Whether the model holds random state (Keras SeedGenerators: dropout, noise)."""

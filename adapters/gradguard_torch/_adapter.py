@@ -772,12 +772,9 @@ class TorchView(FlatView):
                 if rescaled is not None:
                     kinds = {t.dtype for t in params} | {seen.dtype}
                     unit = _DITHER[torch.bfloat16 if torch.bfloat16 in kinds else torch.float16]
-                    self._rng.replay()
-                    self._user_buffers.replay()
-                    self._user_generators.replay()
-                    with _Dithered(params, unit):
-                        again = self._loss(module)
-                        dithered = torch.autograd.grad(again.reshape(()), params, allow_unused=True)
+                    dithered = [
+                        self._dithered_gradient(module, params, unit * sign) for sign in (1, -1)
+                    ]
             drew = not torch.equal(torch.default_generator.get_state(), self._rng.cpu) or any(
                 not torch.equal(g.get_state(), state) for g, state in self._user_generators.saved
             )
@@ -830,9 +827,25 @@ class TorchView(FlatView):
                     source="the native gradient (autograd on the user's module)",
                 )
                 - flat
-                for g in (rescaled, dithered)
+                for g in (rescaled, *dithered)
             ]
-            self._spread = np.hypot(*samples)
+            # Antithetic dithers: their mean cancels the true gradient's change along the
+            # dither (linear in it), which a plain dither mistook for round-off by 30-300x
+            # in a transformer block's attention weights; the roundings stay.
+            self._spread = np.hypot(samples[0], (samples[1] + samples[2]) / 2.0)
+
+    def _dithered_gradient(
+        self, module: torch.nn.Module, params: list[torch.Tensor], unit: float
+    ) -> tuple[torch.Tensor | None, ...]:
+        """The native gradient with every parameter multiplied by ``1 +- unit`` (random signs,
+        the same for both calls; ``unit``'s sign flips them), from the same RNG, buffer and
+        generator state as the first native pass."""
+        self._rng.replay()
+        self._user_buffers.replay()
+        self._user_generators.replay()
+        with _Dithered(params, unit):
+            loss = self._loss(module)
+            return torch.autograd.grad(loss.reshape(()), params, allow_unused=True)
 
     def _requiring_grad(self) -> _RequiresGrad:
         return _RequiresGrad([slot.target for slot in self._slots])
@@ -1210,10 +1223,11 @@ _DITHER_SEED = 0x6D70  # a private generator: the global RNG is never drawn from
 class _Dithered:
     """Every parameter multiplied by ``1 +- unit`` (random signs), then put back bit-exactly.
 
-    The forward's rounding resampled: a second native gradient at dithered values differs
-    from the first by what rounding the forward's values once more does (a ReLU mask flipped
-    by a rounded pre-activation, a cancelling sum), plus a change of the true gradient of the
-    same order. A bug in the backward is in both and cancels.
+    The forward's rounding resampled: a native gradient at dithered values differs from the
+    first by what rounding the forward's values once more does (a ReLU mask flipped by a
+    rounded pre-activation, a cancelling sum), plus the true gradient's change along the
+    dither, which the mean of two opposite dithers cancels. A bug in the backward is in every
+    one of them and cancels.
     """
 
     def __init__(self, params: list[torch.Tensor], unit: float) -> None:

@@ -25,11 +25,11 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
+from gradguard.kit.dtypes import bfloat16
 from gradguard.kit.signals import ProtectedContext
 from gradguard_torch._compat import (
     close_interrupted_mode_stashes,
@@ -47,8 +47,9 @@ __all__ = [
     "to_float64",
 ]
 
-BFLOAT16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
-"""bfloat16 as the engine sees it: ml_dtypes' NumPy dtype (NumPy has none of its own).
+BFLOAT16: np.dtype[Any] = bfloat16()
+"""bfloat16 as the engine sees it: ml_dtypes' NumPy dtype (the kit's one mapping, shared with
+the TensorFlow and JAX adapters; NumPy has none of its own).
 
 ``np.finfo`` knows it once ml_dtypes is imported, so the engine's step and noise model
 use bfloat16's own unit round-off (2**-7) rather than float16's, which is 8x smaller.

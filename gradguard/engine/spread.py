@@ -32,7 +32,7 @@ FloatArray = npt.NDArray[np.float64]
 
 # Allowed disagreement per probe in units of the tensor's measured spread (RMS of the
 # difference between two roundings of the gradient). See docs/numerics.md for the zoo.
-SPREAD_FACTOR = 1.5
+SPREAD_FACTOR = 2.0
 
 
 def tensor_spreads(spread: FloatArray | None, layout: Layout) -> FloatArray:

@@ -1,8 +1,8 @@
 """Dtype helpers every adapter needs: precision order, float64 originals, TF32 switched off.
 
 Framework-free: an adapter maps its own dtypes to NumPy dtypes (bfloat16, which NumPy lacks,
-to ``ml_dtypes.bfloat16``, a NumPy dtype that ``np.finfo`` knows once ml_dtypes is imported;
-this module never imports it) and uses these for the rest.
+to :func:`bfloat16`, ml_dtypes' NumPy dtype, imported on first use, never at import) and uses
+these for the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ import numpy.typing as npt
 
 from gradguard.kit.notes import LOSS_PRECISION
 
-__all__ = ["Tf32Switch", "float64_flat", "judged_dtype", "least_precise", "precision_bits"]
+__all__ = [
+    "Tf32Switch",
+    "bfloat16",
+    "float64_flat",
+    "judged_dtype",
+    "least_precise",
+    "precision_bits",
+]
 
 _BITS: dict[np.dtype[Any], int] = {}
 _EPS: dict[np.dtype[Any], float] = {}
@@ -49,14 +56,25 @@ def _eps(dtype: np.dtype[Any]) -> float:
     return eps
 
 
+def bfloat16() -> np.dtype[Any]:
+    """bfloat16 as the engine judges it: ``ml_dtypes.bfloat16``, a NumPy dtype ``np.finfo``
+    knows (epsilon 7.8e-3), so a bfloat16 loss or gradient gets bfloat16's own step, tolerance
+    and noise model. ml_dtypes is imported here, on first use, never by ``import gradguard``;
+    every framework with bfloat16 (TensorFlow, JAX, the ``torch`` extra) installs it.
+    """
+    import ml_dtypes  # only a framework with bfloat16 gets here
+
+    dtype: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return dtype
+
+
 def judged_dtype(
     name: str, notes: dict[str, str | int | float | bool | None] | None = None
 ) -> np.dtype[Any]:
     """A framework's floating dtype, by name, as the engine judges a loss computed in it.
 
-    NumPy has no bfloat16: it is judged as float16, the closest dtype NumPy knows (float16's
-    unit round-off is 8x smaller than bfloat16's, so the allowance errs on the strict side),
-    and ``notes`` (a view's notes) say so under :data:`gradguard.kit.notes.LOSS_PRECISION`.
+    bfloat16, which NumPy lacks, is :func:`bfloat16` (ml_dtypes'), for every adapter alike;
+    ``notes`` (a view's notes) then say so under :data:`gradguard.kit.notes.LOSS_PRECISION`.
 
     Raises:
         TypeError: NumPy does not know the name.
@@ -64,8 +82,8 @@ def judged_dtype(
     if name != "bfloat16":
         return np.dtype(name)
     if notes is not None:
-        notes[LOSS_PRECISION] = "bfloat16 arithmetic, judged with float16's step and tolerance"
-    return np.dtype(np.float16)
+        notes[LOSS_PRECISION] = "bfloat16 arithmetic, judged with bfloat16's step and tolerance"
+    return bfloat16()
 
 
 def float64_flat(saved: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
