@@ -57,7 +57,7 @@ from gradguard.engine.numerics import (
 from gradguard.engine.sampling import allocate, sample_among_nonzero, sample_coordinates
 from gradguard.engine.screen import ScreenOutcome, screen
 from gradguard.engine.selection import Selection
-from gradguard.engine.spread import SPREAD_FACTOR, tensor_spreads
+from gradguard.engine.spread import SPREAD_FACTOR, blinded_by_spread, spread_hint, tensor_spreads
 from gradguard.engine.values import DenseValues, TensorValues
 from gradguard.engine.verdict import BLIND_FACTOR, NOISE_FACTOR, Evidence, allowance, classify
 from gradguard.errors import LossError, SettingsError
@@ -325,7 +325,7 @@ class _Run:
         self.loss_noise = 0.0  # measured round-off of one loss evaluation (0: not measured)
         self.u_grad = 0.0  # unit round-off of the analytic gradient's dtype
         self.grad_tiny = 0.0  # its smallest normal number, when less precise than the loss
-        self.spreads: FloatArray = np.empty(0)  # per tensor, the gradient's measured spread
+        self.spreads: FloatArray = np.zeros(len(view.layout))  # per tensor, measured spread
         # Whole original values: a list of flat vectors, or, for a partitioned view, a lazy
         # sequence gathering one tensor per access (joint screening only reads them).
         self.originals: Sequence[FloatArray] = []
@@ -1259,6 +1259,9 @@ def _finish(
             f"the loss did not change at all when these elements moved by eps={run.h:.3g}: "
             f"the step is below what the {run.view.loss_dtype} loss resolves here"
         )
+    elif status is Status.INCONCLUSIVE and blinded_by_spread(e, float(run.spreads[s])):
+        # No step helps: the analytic gradient's own rounding is what hides the tolerance.
+        hint = spread_hint(e, float(run.spreads[s]), str(run.view.gradient_dtype))
     elif status is Status.INCONCLUSIVE:
         hint = _inconclusive_hint(run, e)
         reachable = _reachable(e)

@@ -25,8 +25,9 @@ import numpy as np
 import numpy.typing as npt
 
 from gradguard.engine.layout import Layout
+from gradguard.engine.verdict import BLIND_FACTOR, NOISE_FACTOR, Evidence
 
-__all__ = ["SPREAD_FACTOR", "joint_spread", "tensor_spreads"]
+__all__ = ["SPREAD_FACTOR", "blinded_by_spread", "joint_spread", "spread_hint", "tensor_spreads"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -52,4 +53,28 @@ def joint_spread(spreads: FloatArray, move_norms: dict[int, float]) -> float:
     ``move_norms[t]`` contributes ``norm * spread_t``; independent tensors add in quadrature."""
     return SPREAD_FACTOR * math.sqrt(
         sum((norm * float(spreads[s])) ** 2 for s, norm in move_norms.items())
+    )
+
+
+def _spread_allowance(e: Evidence, spread: float) -> float:
+    """The part of a tensor's noise allowance (over all its probes) that its spread makes."""
+    return NOISE_FACTOR * SPREAD_FACTOR * spread * math.sqrt(e.size)
+
+
+def blinded_by_spread(e: Evidence, spread: float) -> bool:
+    """Whether the measured spread alone hides a disagreement of the tolerance's size: the
+    tensor is inconclusive whatever the finite-difference step (a wider step, which lowers
+    the loss's round-off, does not help and is not tried)."""
+    return spread > 0.0 and _spread_allowance(e, spread) > BLIND_FACTOR * e.needed()
+
+
+def spread_hint(e: Evidence, spread: float, dtype: str) -> str:
+    """An inconclusive tensor's hint when the analytic gradient's own rounding blinds it."""
+    signal = float(np.linalg.norm(e.analytic) + np.linalg.norm(e.numeric)) or 1.0
+    judgeable = _spread_allowance(e, spread) / (BLIND_FACTOR * signal)
+    return (
+        f"the {dtype} gradient's own rounding (measured spread {spread:.2g} per probe, "
+        f"{spread * math.sqrt(e.size) / signal:.1%} of this tensor's probes) hides a "
+        f"disagreement of the tolerance's size; the smallest tolerance it can judge is "
+        f"~{judgeable:.1g}: check this tensor in float32, or pass tolerance>={judgeable:.1g}"
     )
