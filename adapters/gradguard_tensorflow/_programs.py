@@ -278,7 +278,10 @@ class StatelessFunctions:
         *,
         float64: bool,
         roots: Sequence[Any],
+        of_values: bool = False,
     ) -> None:
+        """``of_values``: a native trace that differentiates the loaded values, as a float64
+        one does, rather than the variables themselves (so loading other values moves it)."""
         self.variables = [s.variable for s in slots]
         self.state = list(state)
         self.float64 = float64
@@ -352,7 +355,7 @@ class StatelessFunctions:
         self._derivatives: dict[str, Any] = {}
         self.evaluate_py = evaluate
         # A float64 trace differentiates the float64 values; a native one the variables.
-        self.gradient_py = gradient_of_values if float64 else gradient_of_variables
+        self.gradient_py = gradient_of_values if float64 or of_values else gradient_of_variables
         self.evaluate_specs = [_PROBE_SPEC, flat]
         self.gradient_specs: list[Any] = []
         self.evaluate_fn: Any = None

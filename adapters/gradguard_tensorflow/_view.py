@@ -15,7 +15,7 @@ from gradguard.errors import GradGuardError, InvalidParamsError, SettingsError
 from gradguard.kit import notes as kit_notes
 from gradguard.kit.buffered import BufferedView
 from gradguard.kit.contract import scalar_loss_value
-from gradguard.kit.dtypes import judged_dtype, least_precise
+from gradguard.kit.dtypes import judged_dtype, least_precise, precision_bits
 from gradguard.kit.gradients import autodiff_gradient, flatten_gradient, leaves_by_name
 from gradguard.kit.messages import one_line
 from gradguard_tensorflow._distribute import require_no_strategy
@@ -35,6 +35,8 @@ __all__ = ["TensorFlowView"]
 
 FloatArray = npt.NDArray[np.float64]
 
+# The private generator of the dithers behind a half-precision gradient's spread.
+_DITHER_SEED = 0x6D70
 # How far apart (relative) the native and float64 gradients may be before random draws that
 # differ between the two dtypes are suspected (float32 backprop is within ~1e-6 on the zoo).
 _RANDOM_DRAWS_APART = 1e-4
@@ -77,6 +79,7 @@ class TensorFlowView(BufferedView):
         require_no_strategy()
         self._native_gradient = native_gradient
         self._gradient_dtype: np.dtype[Any] | None = None
+        self._spread: FloatArray | None = None
         self._target = params
         self._loss = loss
         self._grad = grad
@@ -396,14 +399,9 @@ class TensorFlowView(BufferedView):
                 if self._cache is not None:
                     self._cache[key] = functions
             functions.load([s.saved for s in self._slots], self._state_saved)
-            _, grads = functions.gradient_fn()
-            flat = autodiff_gradient(
-                self.layout,
-                list(grads),
-                {},
-                to_array=_to_array,
-                source="the native gradient (GradientTape in the variables' dtype)",
-            )
+            flat = self._native_at(functions)
+            if computed or precision_bits(dtype) == 16:
+                self._spread = self._dithered_spread(dtype)
         except GradGuardError:
             raise
         except Exception as exc:  # a loss that traces in float64 but not natively
@@ -425,6 +423,64 @@ class TensorFlowView(BufferedView):
         )
         self._gradient_dtype = dtype
         return flat
+
+    def _native_at(self, functions: StatelessFunctions) -> FloatArray:
+        """The native gradient at the values last loaded into ``functions``."""
+        _, grads = functions.gradient_fn()
+        return autodiff_gradient(
+            self.layout,
+            list(grads),
+            {},
+            to_array=_to_array,
+            source="the native gradient (GradientTape in the variables' dtype)",
+        )
+
+    def _dithered_spread(self, dtype: np.dtype[Any]) -> FloatArray:
+        """A sample of a half-precision gradient's own rounding (gradguard.engine.spread).
+
+        A native trace that differentiates loaded values (cached like the others) gives the
+        gradient at the saved values and at values multiplied by ``1 +- u`` (random signs from
+        a private generator, ``u`` the dtype's unit round-off); the mean of the two dithered
+        gradients minus the undithered one is the sample: the true gradient's change along
+        the dither cancels in the mean, a bug in the backward in the difference, and rounding
+        remains. Only values the scope maps change, never the user's variables.
+        """
+        key = ("native-values-gradient",)
+        functions = self._cache.get(key) if self._cache is not None else None
+        if not (
+            isinstance(functions, StatelessFunctions)
+            and functions.matches(self._slots, self._state, False)
+        ):
+            functions = StatelessFunctions(
+                self._target,
+                self._loss,
+                self._slots,
+                self._state,
+                float64=False,
+                roots=self._roots,
+                of_values=True,
+            )
+            functions.trace_gradient()
+            if self._cache is not None:
+                self._cache[key] = functions
+        unit = float(np.finfo(dtype).eps) / 2.0
+        rng = np.random.default_rng(_DITHER_SEED)
+        signs = [rng.choice([-1.0, 1.0], size=s.saved.shape) for s in self._slots]
+        functions.load([s.saved for s in self._slots], self._state_saved)
+        centre = self._native_at(functions)
+        dithered = []
+        for sign in (1.0, -1.0):
+            values = [
+                (s.saved.astype(np.float64) * (1.0 + sign * unit * r)).astype(s.saved.dtype)
+                for s, r in zip(self._slots, signs, strict=True)
+            ]
+            functions.load(values, self._state_saved)
+            dithered.append(self._native_at(functions))
+        spread: FloatArray = (dithered[0] + dithered[1]) / 2.0 - centre
+        return spread
+
+    def gradient_spread(self) -> FloatArray | None:
+        return self._spread
 
     def _compute_dtypes(self) -> frozenset[str]:
         """The compute dtypes of layers that compute in another dtype than their variables
