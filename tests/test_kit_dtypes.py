@@ -7,7 +7,14 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from gradguard.kit.dtypes import Tf32Switch, float64_flat, least_precise, precision_bits
+from gradguard.kit.dtypes import (
+    Tf32Switch,
+    bfloat16,
+    float64_flat,
+    judged_dtype,
+    least_precise,
+    precision_bits,
+)
 
 
 def test_least_precise_orders_by_width() -> None:
@@ -93,3 +100,18 @@ def test_run_all_runs_every_restoration_step_and_returns_the_first_failure() -> 
     failure = run_all([lambda: done.append(1), interrupted, broken, lambda: done.append(4)])
     assert done == [1, 4] and isinstance(failure, KeyboardInterrupt)
     assert run_all([lambda: done.append(5)]) is None
+
+
+def test_bfloat16_has_one_mapping_for_every_adapter() -> None:
+    """judged_dtype("bfloat16") (TensorFlow, JAX) is ml_dtypes' bfloat16, the dtype the
+    PyTorch adapter uses: judged with bfloat16's own epsilon, not float16's, and the notes say
+    so; other names are NumPy's."""
+    import ml_dtypes
+
+    notes: dict[str, str | int | float | bool | None] = {}
+    judged = judged_dtype("bfloat16", notes)
+    assert judged == bfloat16() == np.dtype(ml_dtypes.bfloat16)
+    assert np.finfo(judged).eps == 2.0**-7
+    assert "bfloat16's step and tolerance" in str(notes["loss_precision"])
+    assert judged_dtype("float16") == np.float16
+    assert least_precise(np.float16, judged) == judged
