@@ -40,7 +40,7 @@ from gradguard.engine import Settings, run_check
 from gradguard.engine.layout import Layout
 from gradguard.errors import GradientCheckError, InvalidParamsError, LossError, SettingsError
 from gradguard.kit.contract import FlatView, IndexArray
-from gradguard.kit.dtypes import least_precise
+from gradguard.kit.dtypes import least_precise, precision_bits
 from gradguard.results import CheckReport, Status
 from gradguard_torch._adapter import _NUMPY_DTYPES
 from gradguard_torch._compat import undefined_grad
@@ -195,6 +195,7 @@ class _OperatorView(FlatView):
         self._gradient_dtype = gradient_dtype
         self._loss_dtype = loss_dtype
         self._notes = notes
+        self.spread: FloatArray | None = None  # a half-precision backward's measured spread
         self.layout = Layout.from_tensors(
             [(f"input {i}", tuple(twin[i].shape), _NUMPY[twin[i].dtype]) for i in diff]
         )
@@ -208,6 +209,9 @@ class _OperatorView(FlatView):
         ]
         if held:
             self._notes["non_finite_held"] = ", ".join(held)
+
+    def gradient_spread(self) -> FloatArray | None:
+        return self.spread
 
     def original(self, segment: int) -> FloatArray:
         values: FloatArray = self._originals[segment].reshape(-1).to(torch.float64).numpy()
@@ -360,6 +364,43 @@ def _analytic(
         torch.zeros_like(leaves[i]) if g is None else g.detach()
         for i, g in zip(diff, grads, strict=True)
     ]
+
+
+def _spread(
+    func: Callable[..., Any],
+    inputs: tuple[Any, ...],
+    diff: list[int],
+    cotangent: _Cotangent,
+    gradients: list[torch.Tensor],
+    dtype: np.dtype[Any],
+) -> FloatArray:
+    """A half-precision backward's own rounding, sampled (``gradguard.engine.spread``): the
+    backward again with the cotangent scaled by 4/3 (divided back), and at the differentiable
+    inputs multiplied by ``1 +- u`` (opposite random signs from a private generator, ``u`` the
+    dtype's unit round-off; copies, never the user's tensors). A wrong formula is in all of
+    them and cancels; the rounding (``1 - tanh**2`` at saturation) does not."""
+    first = _flatten(gradients)
+    factor = 4.0 / 3.0
+    scaled = tuple(c * factor for c in cotangent.passed)
+    rescaled = _flatten(
+        [g.to(torch.float64) / factor for g in _analytic(func, inputs, diff, _Cotangent(
+            cotangent.kind, cotangent.values, scaled))]
+    )  # fmt: skip
+    unit = float(np.finfo(dtype).eps) / 2.0
+    generator = torch.Generator().manual_seed(0x6D70)
+    signs = {
+        i: torch.randint(0, 2, inputs[i].shape, generator=generator).to(inputs[i].device) * 2.0 - 1
+        for i in diff
+    }
+    dithered = []
+    for sign in (1.0, -1.0):
+        moved = list(inputs)
+        for i in diff:
+            x = inputs[i].detach()
+            moved[i] = (x.to(torch.float64) * (1.0 + sign * unit * signs[i])).to(x.dtype)
+        dithered.append(_flatten(_analytic(func, tuple(moved), diff, cotangent)))
+    spread: FloatArray = np.hypot(rescaled - first, (dithered[0] + dithered[1]) / 2.0 - first)
+    return spread
 
 
 def _flatten(grads: Sequence[torch.Tensor]) -> FloatArray:
@@ -690,6 +731,8 @@ def _check_backward(
             loss_dtype,
             {**notes, "cotangent": f"{k + 1} of {count}, {kind}"},
         )
+        if not outputs_none and precision_bits(gradient_dtype) == 16:
+            view.spread = _spread(func, tupled, diff, cotangent, gradients, gradient_dtype)
         with view:
             report = run_check(view, attrs.evolve(settings, seed=seed + k))
         if report.status in (Status.FAIL, Status.INCONCLUSIVE, Status.NONDETERMINISTIC):
