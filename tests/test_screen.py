@@ -157,3 +157,31 @@ def test_the_report_records_how_each_tensor_was_judged() -> None:
     record = report.params[0].to_dict()
     assert record["judged_by"] == "screen"
     assert isinstance(record["evaluations"], int)
+
+
+# The cost of a check that screens clean in at most two rounds of joint probes.
+_TWO_ROUNDS = 2 + 2 * DEFAULT_COORDINATES + 2 * 2 * DEFAULT_DIRECTIONS
+
+
+def test_a_thousand_numpy_tensors_screen_clean_at_a_constant_cost() -> None:
+    """1,000 float64 tensors, all cleared by one round of joint probes: 22 evaluations."""
+    params, loss, grad = _chain(1000)
+    report = gg.check(loss, params, grad, seed=0, strategy="screen")
+    assert report.passed, str(report)
+    assert {p.judged_by for p in report.params} == {"screen"}
+    assert report.evaluations <= _TWO_ROUNDS
+
+
+def test_one_wrong_tensor_among_a_thousand_is_found_within_the_budget() -> None:
+    """A 0.1% scale error in one of 1,000 tensors: exactly that tensor fails, within
+    40 + 2 log2(T) + 4 log2(n) evaluations."""
+    params, loss, grad = _chain(1000)
+
+    def buggy(p: FloatDict) -> FloatDict:
+        g = grad(p)
+        g["t500"] = g["t500"] * 1.001
+        return g
+
+    report = gg.check(loss, params, buggy, seed=0, strategy="screen")
+    assert report.failed == ("t500",), str(report)
+    assert report.evaluations <= 40 + 2 * math.log2(1000) + 4 * math.log2(params["t500"].size)

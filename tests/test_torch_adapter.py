@@ -809,3 +809,31 @@ def test_a_lean_probe_that_fails_goes_back_to_the_float64_mode(data: Any) -> Non
         far["on"] = True
         value = view.evaluate()
         assert not view._lean and math.isfinite(value)
+
+
+class _DeepResidual(nn.Module):
+    """500 residual tanh layers of width 4: 1,000 small float32 tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(500)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = x + 0.1 * torch.tanh(layer(x))
+        return x
+
+
+def test_a_thousand_float32_tensors_screen_clean_in_the_float64_shadow() -> None:
+    """1,000 float32 tensors checked in the float64 shadow: every tensor cleared by the screen in
+    at most two rounds of joint probes. The float32 gradient's round-off (a few units per
+    tensor, with a common bias through 500 layers) added up over sign-aligned shares and
+    escalated every tensor."""
+    torch.manual_seed(0)
+    model = _DeepResidual()
+    x, y = torch.randn(8, 4), torch.randn(8, 4)
+    report = gg.check(lambda m: F.mse_loss(m(x), y), model, seed=0, strategy="screen")
+    assert report.passed, str(report)
+    assert report.notes["gradient_dtype"] == "float32"
+    assert {p.judged_by for p in report.params} == {"screen"}
+    assert report.evaluations <= 2 + 2 * 8 + 2 * 2 * 2 * 2

@@ -620,6 +620,9 @@ def run_check(
         judgement = judgements[s]
         screened = outcome is not None and s in outcome.cleared
         judged_by = "screen" if screened else "bisected" if s in run.bisected else "probed"
+        directions = (
+            outcome.directions[s] if outcome is not None and screened else len(run.directions[s])
+        )
         reports.append(
             ParamReport(
                 name=segment.name,
@@ -629,7 +632,7 @@ def run_check(
                 difference=judgement.difference,
                 tolerance=run.tolerance,
                 coordinates=len(picks[s]),
-                directions=n_directions if screened else len(run.directions[s]),
+                directions=directions,
                 kinks=judgement.kinks,
                 worst_index=judgement.worst_index,
                 worst_analytic=judgement.worst_analytic,

@@ -56,18 +56,30 @@ from gradguard.results import Status
 if TYPE_CHECKING:
     from gradguard.engine.check import _Run
 
-__all__ = ["ScreenOutcome", "gradient_dots", "screen"]
+__all__ = ["ScreenOutcome", "gradient_dots", "gradient_norms", "screen"]
 
 FloatArray = npt.NDArray[np.float64]
 
 # The round-off of a less precise analytic gradient along a joint direction, in units of its
-# dtype's round-off times the root sum of squares of the shares: clean on the float32-gradient
-# decoder benchmark and the PyTorch zoo (docs/numerics.md); the per-probe bound of the
-# per-tensor path (32 units of |a|, summed) would make every screen of ~50 tensors blind.
-_SCREEN_GRADIENT_ULPS = 4.0
+# dtype's round-off times the root sum of squares of the tensors' typical shares. The signs of
+# the shares are random, so the gradient's errors add as independent terms whatever their
+# correlation (float32 backprop through 500 residual layers: 2-13 units per tensor, with a
+# common bias that sign-aligned shares added up coherently). See docs/numerics.md.
+_SCREEN_GRADIENT_ULPS = 16.0
 # A tensor whose share at full step is below this fraction of the median share is treated as
-# having no gradient along its direction: full step, sign +1.
+# having no gradient along its direction: full step.
 _SHARE_FLOOR = 1e-12
+# Random sign vectors drawn per tensor and joint direction; the one with the largest share
+# is kept (a tensor's share below ~0.2 of its typical size is then rare: 1e-3 of draws).
+_CANDIDATES = 4
+# Rounds of joint probes at most: each screens again, with fresh directions, the tensors the
+# previous round could not resolve (their joint noise shrinks with their number).
+_ROUNDS = 4
+
+
+def gradient_norms(run: _Run, tensors: Sequence[int]) -> dict[int, float]:
+    """``||g_t||`` for each tensor ``t`` of ``tensors`` (served like :func:`gradient_dots`)."""
+    return {s: float(np.linalg.norm(run.segment_grad(s))) for s in tensors}
 
 
 def gradient_dots(run: _Run, parts: Mapping[int, FloatArray]) -> dict[int, float]:
@@ -86,6 +98,9 @@ class _Direction:
     signs: dict[int, npt.NDArray[np.int8]]
     steps: dict[int, float]  # the signed step along u_t = signs / sqrt(n): sign * alpha * step
     units: dict[int, float]  # |alpha_t step_t|: one unit of tensor t's own direction
+    # The typical size of tensor t's share along a random direction of this length:
+    # |alpha_t step_t| ||g_t|| / sqrt(n_t) (what its gradient's round-off is measured against).
+    typical: dict[int, float]
 
 
 @attrs.define
@@ -118,6 +133,7 @@ class ScreenOutcome:
         analytic: The screening probes' analytic derivatives per unit length of the joint
             direction (for the check's overall difference).
         numeric: Their central differences, likewise.
+        directions: Joint directions each screened tensor took part in (over all rounds).
     """
 
     cleared: dict[int, tuple[Evidence, Status]]
@@ -127,6 +143,7 @@ class ScreenOutcome:
     isolated: tuple[int, ...]
     analytic: FloatArray
     numeric: FloatArray
+    directions: dict[int, int]
 
 
 def screen(
@@ -137,14 +154,81 @@ def screen(
 ) -> ScreenOutcome:
     """Screen ``chosen`` with ``count`` joint probes; group-test when the screen fails.
 
+    Tensors a round cannot resolve at the tolerance (their share is small next to the other
+    tensors' noise) are screened again on their own, jointly, with fresh directions: the
+    noise of a joint probe shrinks with the number of tensors in it.
+
     Args:
         run: The running check (its view, gradient, step and noise model).
         chosen: Layout positions of the tensors to screen.
-        count: Joint probes to make (the check's directions per tensor).
+        count: Joint probes to make per round (the check's directions per tensor).
         coordinate_evidence: Each tensor's coordinate probes, judged with its screen rows.
     """
     started = run.evaluations
-    tensors = [s for s in chosen if run.layout[s].size > 0]
+    pending = [s for s in chosen if run.layout[s].size > 0]
+    cleared: dict[int, tuple[Evidence, Status]] = {}
+    suspects: list[int] = []
+    isolated: list[int] = []
+    directions: dict[int, int] = {}
+    analytic: list[FloatArray] = []
+    numeric: list[FloatArray] = []
+    made = 0
+    for _ in range(_ROUNDS):
+        if not pending:
+            break
+        one = _round(run, pending, count, coordinate_evidence)
+        made += one.probes
+        analytic.append(one.analytic)
+        numeric.append(one.numeric)
+        for s in pending:
+            directions[s] = directions.get(s, 0) + count
+        cleared.update(one.cleared)
+        isolated.extend(one.isolated)
+        suspects.extend(one.isolated)
+        suspects.extend(one.failing)
+        # A lone unresolved tensor costs no more probed on its own; a round that resolved
+        # nothing would not do better the next time.
+        if len(one.unresolved) <= 1 or len(one.unresolved) == len(pending):
+            suspects.extend(one.unresolved)
+            pending = []
+            break
+        pending = one.unresolved
+    suspects.extend(pending)
+    # Tensors with no elements have nothing to screen: they go the per-tensor way (a no-op).
+    suspects.extend(s for s in chosen if run.layout[s].size == 0)
+    order = {s: i for i, s in enumerate(chosen)}
+    return ScreenOutcome(
+        cleared=cleared,
+        suspects=sorted(suspects, key=order.__getitem__),
+        evaluations=run.evaluations - started,
+        probes=made,
+        isolated=tuple(sorted(isolated, key=order.__getitem__)),
+        analytic=np.concatenate(analytic) if analytic else np.empty(0),
+        numeric=np.concatenate(numeric) if numeric else np.empty(0),
+        directions=directions,
+    )
+
+
+@attrs.frozen
+class _RoundOutcome:
+    """One round of joint probes over a set of tensors."""
+
+    cleared: dict[int, tuple[Evidence, Status]]
+    isolated: list[int]  # named by group testing
+    failing: list[int]  # failing on their own evidence (their coordinates) after group testing
+    unresolved: list[int]  # inconclusive from the joint probes
+    probes: int
+    analytic: FloatArray
+    numeric: FloatArray
+
+
+def _round(
+    run: _Run,
+    tensors: Sequence[int],
+    count: int,
+    coordinate_evidence: Mapping[int, Evidence],
+) -> _RoundOutcome:
+    """``count`` joint probes over ``tensors``, group testing if one fails, each tensor judged."""
     directions = [_draw(run, tensors) for _ in range(count)]
     probes = [_probe(run, d, tensors) for d in directions]
     if not _is_float64_loss(run):
@@ -194,28 +278,20 @@ def screen(
             if s not in found
         }
     cleared: dict[int, tuple[Evidence, Status]] = {}
-    suspects = list(isolated)
+    failing: list[int] = []
+    unresolved: list[int] = []
     for s in tensors:
         if s in isolated:
             continue
-        e = _attributed(run, s, probes, directions, coordinate_evidence)
         status = statuses[s]
         if status in (Status.PASS, Status.ZERO):
+            e = _attributed(run, s, probes, directions, coordinate_evidence)
             cleared[s] = (e, status)
+        elif status is Status.INCONCLUSIVE:
+            unresolved.append(s)
         else:
-            suspects.append(s)
-    # Tensors with no elements have nothing to screen: they go the per-tensor way (a no-op).
-    suspects.extend(s for s in chosen if run.layout[s].size == 0)
-    order = {s: i for i, s in enumerate(chosen)}
-    return ScreenOutcome(
-        cleared=cleared,
-        suspects=sorted(suspects, key=order.__getitem__),
-        evaluations=run.evaluations - started,
-        probes=made,
-        isolated=tuple(isolated),
-        analytic=analytic,
-        numeric=numeric,
-    )
+            failing.append(s)
+    return _RoundOutcome(cleared, isolated, failing, unresolved, made, analytic, numeric)
 
 
 def _is_float64_loss(run: _Run) -> bool:
@@ -223,24 +299,43 @@ def _is_float64_loss(run: _Run) -> bool:
 
 
 def _draw(run: _Run, tensors: Sequence[int]) -> _Direction:
-    """A random joint direction, preconditioned and sign-aligned (module docstring)."""
-    signs = {s: rademacher_signs(run.layout[s].size, run.rng) for s in tensors}
+    """A random joint direction, preconditioned (module docstring); signs left random."""
+    # Of a few random sign vectors per tensor, the one along which its gradient's share is
+    # largest: a share near 0 by chance would leave the tensor unresolved (the others' noise
+    # hides it). The choice depends on the gradient only, so a bug's own projection stays as
+    # random as before, and the shares' signs stay random (round-off adds, never aligns).
+    signs = _signs(run, tensors)
+    best = {s: abs(d) for s, d in _dots(run, signs).items()}
+    for _ in range(_CANDIDATES - 1):
+        other = _signs(run, tensors)
+        for s, d in _dots(run, other).items():
+            if abs(d) > best[s]:
+                signs[s], best[s] = other[s], abs(d)
     base = {s: _base_step(run, s) for s in tensors}
-    dots = gradient_dots(run, {s: v.astype(np.float64) for s, v in signs.items()})
-    full = {s: base[s] * abs(dots[s]) / math.sqrt(signs[s].size) for s in tensors}
+    norms = gradient_norms(run, tensors)
+    # Each tensor's typical share at its full step: base_t ||g_t|| / sqrt(n_t).
+    full = {s: base[s] * norms[s] / math.sqrt(signs[s].size) for s in tensors}
     positive = [a for a in full.values() if a > 0.0]
     median = float(np.median(positive)) if positive else 0.0
-    steps, units = {}, {}
+    steps, typical = {}, {}
     for s in tensors:
         share = full[s]
-        if share > _SHARE_FLOOR * median:
-            alpha = min(1.0, median / share)
-            sign = 1.0 if dots[s] > 0.0 else -1.0
-        else:
-            alpha, sign = 1.0, 1.0
-        steps[s] = sign * alpha * base[s]
-        units[s] = alpha * base[s]
-    return _Direction(signs, steps, units)
+        alpha = min(1.0, median / share) if share > _SHARE_FLOOR * median else 1.0
+        steps[s] = alpha * base[s]
+        typical[s] = alpha * share
+    return _Direction(signs, steps, dict(steps), typical)
+
+
+def _signs(run: _Run, tensors: Sequence[int]) -> dict[int, npt.NDArray[np.int8]]:
+    """Random signs for every tensor of ``tensors``, drawn at once (one call, not one per tensor)."""
+    sizes = [run.layout[s].size for s in tensors]
+    flat = rademacher_signs(sum(sizes), run.rng)
+    ends = np.cumsum(sizes)
+    return {s: flat[end - size : end] for s, size, end in zip(tensors, sizes, ends, strict=True)}
+
+
+def _dots(run: _Run, signs: Mapping[int, npt.NDArray[np.int8]]) -> dict[int, float]:
+    return gradient_dots(run, {s: v.astype(np.float64) for s, v in signs.items()})
 
 
 def _base_step(run: _Run, s: int) -> float:
@@ -270,7 +365,7 @@ def _probe(run: _Run, d: _Direction, members: Sequence[int], scale: float = 1.0)
     analytic = float(sum(shares.values()))
     noise = run.noise(j_plus, j_minus) / 2.0
     if run.u_grad > run.u:
-        squares = float(sum(a * a for a in shares.values()))
+        squares = float(sum((d.typical[s] * scale) ** 2 for s in members))
         noise += _SCREEN_GRADIENT_ULPS * run.u_grad * math.sqrt(squares)
     if run.spreads.any():
         noise += joint_spread(run.spreads, {s: float(np.linalg.norm(m)) for s, m in spans.items()})
