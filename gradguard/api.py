@@ -116,10 +116,10 @@ def check(
 ) -> CheckReport:
     """Check an analytic gradient against central differences of the loss, tensor by tensor.
 
-    The default strategy probes each tensor along a few random directions (every element
-    takes part) and at a stratified sample of coordinates (every tensor gets some), with a
-    step and a tolerance chosen for the dtype the loss is computed in; ``strategy="screen"``
-    screens all tensors at once and probes only suspects. Seed mode,
+    The default strategy screens all tensors at once along a few preconditioned random
+    directions (every element takes part), checks a few sampled coordinates, and probes on
+    their own only the tensors the screen finds suspect (group testing over tensors, then
+    bisection), with a step and a tolerance chosen for the dtype the loss is computed in. Seed mode,
     ``eps=1e-7, tolerance=1e-7, sample="all", directions=0``, is the seed recipe exactly.
 
     Args:
@@ -143,7 +143,7 @@ def check(
         strategy: ``"screen"``: a few joint probes over all tensors at once, then group
             testing, per-tensor probes and bisection only for suspect tensors (a cost that
             does not grow with the number of tensors); ``"per-tensor"``: every tensor probed
-            on its own. ``None``: the default, ``"per-tensor"`` (see ``docs/check.md``).
+            on its own. ``None``: the default, ``"screen"`` (see ``docs/check.md``).
         order: 1 (the gradient) or 2: Hessian-vector products ``H v`` of the loss along
             random directions against central differences of the analytic gradient, per
             tensor (double backward in PyTorch, ``jax.jvp`` of ``jax.grad``; NumPy needs

@@ -25,7 +25,7 @@ The stages of one check, in order:
    failing direction is bisected down to the element that carries the error, and the numbers
    are read for a likely cause.
 
-With screening (``strategy="screen"``, :mod:`gradguard.engine.screen`), stage 2's directions are
+With screening (the default strategy, :mod:`gradguard.engine.screen`), stage 2's directions are
 joint probes over every tensor at once; stages 3-6 run only for the tensors the screen names as
 suspect (group testing) or cannot resolve; the others are judged by the screen.
 """
@@ -93,7 +93,7 @@ STRATEGIES = ("screen", "per-tensor")
 """How a check spends its probes: ``"screen"`` probes every tensor jointly and only suspects
 one by one; ``"per-tensor"`` probes each tensor on its own."""
 
-DEFAULT_STRATEGY = "per-tensor"
+DEFAULT_STRATEGY = "screen"
 """The strategy a check uses unless told otherwise (on views that allow joint writes)."""
 
 # A loss that changes by more than this many units of round-off between two evaluations

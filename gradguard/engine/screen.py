@@ -3,16 +3,21 @@
 A *joint probe* perturbs every screened tensor at once along one random direction
 ``D = sum_t d_t`` and compares ``(J(theta + D) - J(theta - D)) / 2`` with ``g . D``. Its cost is
 two evaluations whatever the number of tensors. Each tensor's part is shaped so that its share
-of ``g . D`` is comparable to the others' and adds to them:
+of ``g . D`` is comparable to the others':
 
-- ``d_t = sign_t * alpha_t * step_t * u_t``, with ``u_t`` a Rademacher unit vector over the
-  tensor and ``step_t`` the step a per-tensor probe of ``t`` would take;
-- ``sign_t`` is the sign of ``g_t . u_t``, so every share is positive and none cancels another
-  (a near-zero sum would make the relative difference meaningless);
-- ``alpha_t = min(1, m / (step_t |g_t . u_t|))`` with ``m`` the median share at full step: the
-  tensors with a large gradient are scaled down to the median share, the others keep their own
-  full step (the floor: a tensor whose gradient is ~0 is perturbed as its own probe would be,
-  not blown up by ``1 / |g_t|``).
+- ``d_t = alpha_t * step_t * u_t``, with ``u_t`` a Rademacher unit vector over the tensor (the
+  one, of 4 drawn, along which ``|g_t . u_t|`` is largest: a share near 0 by chance would leave
+  the tensor unresolved) and ``step_t`` the step a per-tensor probe of ``t`` would take;
+- ``alpha_t = min(1, m / (step_t ||g_t|| / sqrt(n_t)))`` with ``m`` the median typical share at
+  full step: tensors with a large gradient are scaled down to the median, the others keep
+  their own full step (the floor: a tensor whose gradient is ~0 is perturbed as its own probe
+  would be, not blown up by ``1 / |g_t|``);
+- the shares' signs stay random. Aligning them (every share positive) made the round-off of a
+  float32 gradient add up coherently: backprop through 500 residual layers leaves each tensor a
+  few units off with a common bias, which over 1,000 aligned shares outweighed any one
+  tensor's tolerance and escalated every tensor. With random signs those errors add as
+  independent terms whatever their correlation. Each tensor is judged on its own share, so a
+  sum that cancels costs nothing.
 
 **Attribution.** The screen's discrepancy ``delta = numeric - analytic`` is the sum of every
 tensor's error along its part. For tensor ``t`` the screen is read as if the whole discrepancy
@@ -26,11 +31,14 @@ failing probe restricted to half of a group, the other half's discrepancy being 
 minus that half's (two evaluations per level), down to single tensors. Those *suspects* and
 every tensor the screen could not clear go to the per-tensor probes and element bisection of
 :mod:`gradguard.engine.check`; the others are judged again on the screen's discrepancy minus the
-suspects' measured shares.
+suspects' measured shares. Tensors a round cannot resolve (inconclusive: their share is small
+next to the others' noise) are screened again jointly, on their own, with fresh directions;
+after at most 4 rounds, or when a round resolves nothing, the rest are probed one by one.
 
 **Noise.** A-priori round-off of the two evaluations (as for every probe), plus for an analytic
 gradient less precise than the loss (float32 backprop, float64 shadow) the gradient's round-off
-over all shares, which adds as independent errors (root sum of squares). A loss not computed in
+over all tensors: 16 units of it times each tensor's typical share, added as independent
+errors (root sum of squares; the signs are random). A loss not computed in
 float64 also gets a second look at half the step for every joint probe; the change between the
 two steps (truncation and measured round-off) joins the noise.
 
@@ -96,7 +104,7 @@ class _Direction:
     """One joint direction: each tensor's signed, scaled part."""
 
     signs: dict[int, npt.NDArray[np.int8]]
-    steps: dict[int, float]  # the signed step along u_t = signs / sqrt(n): sign * alpha * step
+    steps: dict[int, float]  # the step along u_t = signs / sqrt(n): alpha * step
     units: dict[int, float]  # |alpha_t step_t|: one unit of tensor t's own direction
     # The typical size of tensor t's share along a random direction of this length:
     # |alpha_t step_t| ||g_t|| / sqrt(n_t) (what its gradient's round-off is measured against).
@@ -327,7 +335,7 @@ def _draw(run: _Run, tensors: Sequence[int]) -> _Direction:
 
 
 def _signs(run: _Run, tensors: Sequence[int]) -> dict[int, npt.NDArray[np.int8]]:
-    """Random signs for every tensor of ``tensors``, drawn at once (one call, not one per tensor)."""
+    """Random signs for every tensor of ``tensors``, drawn in one call (not one per tensor)."""
     sizes = [run.layout[s].size for s in tensors]
     flat = rademacher_signs(sum(sizes), run.rng)
     ends = np.cumsum(sizes)
