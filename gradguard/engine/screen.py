@@ -173,7 +173,7 @@ def screen(
         coordinate_evidence: Each tensor's coordinate probes, judged with its screen rows.
     """
     started = run.evaluations
-    pending = [s for s in chosen if run.layout[s].size > 0]
+    queue = [[s for s in chosen if run.layout[s].size > 0]]
     cleared: dict[int, tuple[Evidence, Status]] = {}
     suspects: list[int] = []
     isolated: list[int] = []
@@ -182,26 +182,34 @@ def screen(
     numeric: list[FloatArray] = []
     made = 0
     for _ in range(_ROUNDS):
-        if not pending:
+        if not queue:
             break
-        one = _round(run, pending, count, coordinate_evidence)
+        group = queue.pop(0)
+        one = _round(run, group, count, coordinate_evidence)
         made += one.probes
         analytic.append(one.analytic)
         numeric.append(one.numeric)
-        for s in pending:
+        for s in group:
             directions[s] = directions.get(s, 0) + count
+        # "Zero" for a tensor whose analytic gradient is not exactly 0 may only mean that the
+        # joint noise hides a small gradient (a branch behind a LayerScale of 1e-6, judged at
+        # its own scale only on its own): such tensors are probed one by one.
+        for s in [s for s, (_, st) in one.cleared.items() if st is Status.ZERO]:
+            if np.any(run.segment_grad(s)):
+                del one.cleared[s]
+                suspects.append(s)
         cleared.update(one.cleared)
         isolated.extend(one.isolated)
         suspects.extend(one.isolated)
         suspects.extend(one.failing)
         # A lone unresolved tensor costs no more probed on its own; a round that resolved
         # nothing would not do better the next time.
-        if len(one.unresolved) <= 1 or len(one.unresolved) == len(pending):
+        if len(one.unresolved) <= 1 or len(one.unresolved) == len(group):
             suspects.extend(one.unresolved)
-            pending = []
-            break
-        pending = one.unresolved
-    suspects.extend(pending)
+        else:
+            queue.append(one.unresolved)
+    for group in queue:
+        suspects.extend(group)
     # Tensors with no elements have nothing to screen: they go the per-tensor way (a no-op).
     suspects.extend(s for s in chosen if run.layout[s].size == 0)
     order = {s: i for i, s in enumerate(chosen)}
