@@ -191,6 +191,39 @@ def adamw_step_time(model: nn.Module, loss: Callable[[nn.Module], Tensor], steps
     return statistics.median(times[3:])
 
 
+def guard_overhead(steps: int) -> list[str]:
+    """A training run of the decoder with and without a Guard (every=100, max_checks=3).
+
+    The same AdamW loop twice (fresh copies, same data); the Guard's checks all fall in the
+    first 300 steps, so its cost is a fixed number of seconds: reported as a fraction of this
+    run and extrapolated to a 10,000-step run (that run's time from the measured step time).
+    """
+    import copy
+
+    model, loss = decoder_problem()
+    timings = {}
+    for guarded in (False, True):
+        twin = copy.deepcopy(model)
+        opt = torch.optim.AdamW(twin.parameters(), lr=1e-4)
+        guard = gg.Guard(loss, twin, every=100, max_checks=3, seed=0) if guarded else None
+        start = time.perf_counter()
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss(twin).backward()
+            if guard is not None:
+                guard.step()
+            opt.step()
+        timings[guarded] = time.perf_counter() - start
+    extra = timings[True] - timings[False]
+    per_step = timings[False] / steps
+    return [
+        f"Guard on the decoder, every=100, max_checks=3, {steps} steps: plain "
+        f"{timings[False]:.1f} s, guarded {timings[True]:.1f} s, checks' cost {extra:.2f} s = "
+        f"{extra / per_step:.0f} steps = {extra / timings[False]:.2%} of this run; "
+        f"extrapolated to 10,000 steps: {extra / (10_000 * per_step):.2%}",
+    ]
+
+
 def run_case(
     label: str,
     model: nn.Module,
@@ -243,6 +276,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--guard", type=int, default=0, help="steps of the Guard run (0: none)")
+    parser.add_argument("--no-deep", action="store_true", help="skip the 1,000-tensor model")
     args = parser.parse_args()
     seeds = [0] if args.quick else list(range(args.seeds))
     lines = [
@@ -287,7 +322,7 @@ def main() -> None:
         step_s,
         seeds,
     )
-    if not args.quick:
+    if not args.quick and not args.no_deep:
         deep, deep_loss = deep_problem()
         deep_step = adamw_step_time(deep, deep_loss, 20)
         lines += run_case(
@@ -309,6 +344,9 @@ def main() -> None:
         f"(T=54, n=16,384) {bound(54, 16384)}; x2 element (n=65,536) {bound(54, 65536)}\n"
     )
     print("\n".join(lines))
+    if args.guard:
+        print()
+        print("\n".join(guard_overhead(args.guard)))
 
 
 if __name__ == "__main__":
