@@ -147,8 +147,9 @@ def fast_mode_section(reps: int, peer_on_bugs: bool = True) -> list[str]:
     problem = Problem(hidden=64, batch=16)
     before = [p.detach().clone() for p in problem.model.parameters()]
     modes: list[tuple[str, dict[str, Any]]] = [
-        ("gradguard default (8 coordinates + 2 directions per tensor)", {}),
-        ("gradguard sample=0, directions=2 (per-tensor directions only)", {"sample": 0}),
+        ("gradguard default (screen: 8 coordinates + 2 joint probes)", {}),
+        ('gradguard strategy="per-tensor"', {"strategy": "per-tensor"}),
+        ("gradguard sample=0 (the 2 joint probes only)", {"sample": 0}),
         ("gradguard sample=0, directions=1", {"sample": 0, "directions": 1}),
     ]
     run_gradcheck(problem, fast=True)  # warm-up
