@@ -85,9 +85,19 @@ _CANDIDATES = 4
 _ROUNDS = 4
 
 
-def gradient_norms(run: _Run, tensors: Sequence[int]) -> dict[int, float]:
-    """``||g_t||`` for each tensor ``t`` of ``tensors`` (served like :func:`gradient_dots`)."""
-    return {s: float(np.linalg.norm(run.segment_grad(s))) for s in tensors}
+def gradient_norms(
+    run: _Run, tensors: Sequence[int], squares: Mapping[int, float]
+) -> dict[int, float]:
+    """``||g_t||`` for each tensor ``t`` of ``tensors``.
+
+    Exact where the view hands the engine whole tensors; otherwise (a sharded view serves dot
+    products only) estimated from ``squares``, the mean of ``(g_t . s)^2`` over the random sign
+    vectors ``s`` already drawn (an unbiased estimate of ``||g_t||^2``).
+    """
+    whole = getattr(run.values, "segment_grad", None)
+    if whole is not None:
+        return {s: float(np.linalg.norm(whole(s))) for s in tensors}
+    return {s: math.sqrt(squares[s]) for s in tensors}
 
 
 def gradient_dots(run: _Run, parts: Mapping[int, FloatArray]) -> dict[int, float]:
@@ -195,7 +205,7 @@ def screen(
         # joint noise hides a small gradient (a branch behind a LayerScale of 1e-6, judged at
         # its own scale only on its own): such tensors are probed one by one.
         for s in [s for s, (_, st) in one.cleared.items() if st is Status.ZERO]:
-            if np.any(run.segment_grad(s)):
+            if run.nonzero[s]:
                 del one.cleared[s]
                 suspects.append(s)
         cleared.update(one.cleared)
@@ -322,13 +332,15 @@ def _draw(run: _Run, tensors: Sequence[int]) -> _Direction:
     # random as before, and the shares' signs stay random (round-off adds, never aligns).
     signs = _signs(run, tensors)
     best = {s: abs(d) for s, d in _dots(run, signs).items()}
+    squares = {s: d * d / _CANDIDATES for s, d in best.items()}
     for _ in range(_CANDIDATES - 1):
         other = _signs(run, tensors)
         for s, d in _dots(run, other).items():
+            squares[s] += d * d / _CANDIDATES
             if abs(d) > best[s]:
                 signs[s], best[s] = other[s], abs(d)
     base = {s: _base_step(run, s) for s in tensors}
-    norms = gradient_norms(run, tensors)
+    norms = gradient_norms(run, tensors, squares)
     # Each tensor's typical share at its full step: base_t ||g_t|| / sqrt(n_t).
     full = {s: base[s] * norms[s] / math.sqrt(signs[s].size) for s in tensors}
     positive = [a for a in full.values() if a > 0.0]
