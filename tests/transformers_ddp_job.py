@@ -79,6 +79,10 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     train("stop", out)
     train("raise", out)
+    # Leave together: a rank that exits while its peer still holds the gloo connection can
+    # be aborted by gloo's teardown (exit code -6, seen once in a full suite under load).
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
