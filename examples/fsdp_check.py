@@ -84,6 +84,7 @@ def worker(rank: int, rendezvous: str) -> None:
                 f"checked on {WORLD} ranks; the same report on every rank: {len(set(reports)) == 1}"
             )
             print(f"wrong tensors: {', '.join(report.failed) or 'none'}")
+        dist.barrier()  # leave together: gloo's teardown can abort a rank whose peer left
     finally:
         dist.destroy_process_group()
 

@@ -731,13 +731,14 @@ class ShardedView(FlatView):
                 largest[t] = max(largest[t], float(np.max(np.abs(x))))
         return self._reduce(squares), self._reduce(largest, dist.ReduceOp.MAX)
 
-    def gradient_summary(self) -> tuple[float, npt.NDArray[np.int64]]:
+    def gradient_summary(self) -> tuple[FloatArray, npt.NDArray[np.int64]]:
         if not self._has_gradient:
             raise GradientError("the gradient could not be computed: the loss is not finite")
-        squares = sum(float(np.dot(slot.grad, slot.grad)) for slot in self._slots if slot.primary)
+        squares = [float(np.dot(s.grad, s.grad)) if s.primary else 0.0 for s in self._slots]
         nonzero = [float(np.count_nonzero(s.grad)) if s.primary else 0.0 for s in self._slots]
-        total = self._reduce(np.array([squares, *nonzero]))
-        return float(total[0]), total[1:].astype(np.int64)
+        total = self._reduce(np.array([*squares, *nonzero]))
+        count = len(self._slots)
+        return total[:count], total[count:].astype(np.int64)
 
     def element(self, segment: int, local: int) -> tuple[float, float]:
         key = (segment, local)

@@ -334,6 +334,7 @@ class _Run:
         # Reductions of the originals and the gradient (whole vectors, or served by the view).
         self.values: TensorValues = DenseValues(view.layout, [], np.empty(0), view.write)
         self.nonzero: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.grad_squares: FloatArray = np.zeros(0)  # per tensor, its gradient's sum of squares
         # Per tensor, its random directions, addressed by global element index.
         self.directions: list[list[Direction]] = []
         self.probes = _Probes()
@@ -512,7 +513,8 @@ def run_check(
         run.values = view  # FlatView serves TensorValues
     else:
         run.values = DenseValues(layout, run.originals, view.gradient(), view.write)
-    grad_squares, run.nonzero = run.values.gradient_summary()
+    run.grad_squares, run.nonzero = run.values.gradient_summary()
+    grad_squares = float(np.sum(run.grad_squares))
     run.gradient_calls += 1
     # Forward mode's analytic side is the view's JVP, computed where the loss is evaluated.
     gradient_dtype = view.gradient_dtype if settings.mode == "reverse" else loss_dtype
@@ -663,7 +665,9 @@ def run_check(
         notes["screen_suspects"] = len(outcome.suspects)
     elif settings.strategy == "screen":
         notes["strategy"] = (
-            "per-tensor (screening needs directions and a view that perturbs tensors jointly)"
+            "per-tensor (a half-precision gradient's measured spread is judged per tensor)"
+            if np.any(run.spreads > 0.0)
+            else "per-tensor (screening needs directions and a view that perturbs tensors jointly)"
         )
     return CheckReport(
         passed=status.passed,
@@ -737,6 +741,10 @@ def _screens(run: _Run, n_directions: int) -> bool:
         and n_directions > 0
         and run.settings.sample != "all"
         and bool(getattr(run.view, "joint_writes", False))
+        # A half-precision gradient's measured spread is calibrated per tensor
+        # (benchmarks/bench_mixed_precision.py); screened jointly, the spreads add in
+        # quadrature and a 5% backward bug under autocast passed: probed per tensor instead.
+        and not bool(np.any(run.spreads > 0.0))
     )
 
 

@@ -90,13 +90,14 @@ def gradient_norms(
 ) -> dict[int, float]:
     """``||g_t||`` for each tensor ``t`` of ``tensors``.
 
-    Exact where the view hands the engine whole tensors; otherwise (a sharded view serves dot
-    products only) estimated from ``squares``, the mean of ``(g_t . s)^2`` over the random sign
-    vectors ``s`` already drawn (an unbiased estimate of ``||g_t||^2``).
+    Exact, from the per-tensor sums of squares every view serves at the start of a check (a
+    sharded view: local sums, one all-reduce), so a sharded check screens exactly as the
+    unsharded one. ``squares`` (the mean of ``(g_t . s)^2`` over the sign vectors drawn, an
+    unbiased estimate of ``||g_t||^2``) is kept for a run without them.
     """
-    whole = getattr(run.values, "segment_grad", None)
-    if whole is not None:
-        return {s: float(np.linalg.norm(whole(s))) for s in tensors}
+    exact = getattr(run, "grad_squares", None)
+    if exact is not None and len(exact):
+        return {s: math.sqrt(float(exact[s])) for s in tensors}
     return {s: math.sqrt(squares[s]) for s in tensors}
 
 

@@ -41,8 +41,8 @@ class TensorValues(Protocol):
         """Per tensor, the sum of squares and the largest magnitude of its original values."""
         ...
 
-    def gradient_summary(self) -> tuple[float, npt.NDArray[np.int64]]:
-        """The sum of squares of the whole gradient, and each tensor's count of non-zeros."""
+    def gradient_summary(self) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+        """Per tensor, the sum of squares of its gradient and its count of non-zeros."""
         ...
 
     def element(self, segment: int, local: int) -> tuple[float, float]:
@@ -123,9 +123,11 @@ class DenseValues:
         largest = np.array([float(np.max(np.abs(x))) if x.size else 0.0 for x in self.originals])
         return squares, largest
 
-    def gradient_summary(self) -> tuple[float, npt.NDArray[np.int64]]:
-        nonzero = [np.count_nonzero(self.segment_grad(s)) for s in range(len(self.layout))]
-        return float(np.dot(self.grad, self.grad)), np.array(nonzero, dtype=np.int64)
+    def gradient_summary(self) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+        segments = range(len(self.layout))
+        squares = np.array([float(np.dot(g, g)) for g in map(self.segment_grad, segments)])
+        nonzero = [np.count_nonzero(self.segment_grad(s)) for s in segments]
+        return squares, np.array(nonzero, dtype=np.int64)
 
     def element(self, segment: int, local: int) -> tuple[float, float]:
         return float(self.originals[segment][local]), float(self.segment_grad(segment)[local])

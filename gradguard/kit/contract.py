@@ -270,8 +270,8 @@ class FlatView(abc.ABC):
         originals = [self.original(s) for s in range(len(self.layout))]
         return DenseValues(self.layout, originals, np.empty(0), self.write).original_summary()
 
-    def gradient_summary(self) -> tuple[float, npt.NDArray[np.int64]]:
-        """The whole gradient's sum of squares, and each tensor's number of non-zero entries.
+    def gradient_summary(self) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+        """Per tensor, its gradient's sum of squares and its number of non-zero entries.
 
         Step 5 of the call order for a partitioned view: the gradient is computed by now.
         """
