@@ -147,7 +147,7 @@ def fast_mode_section(reps: int, peer_on_bugs: bool = True) -> list[str]:
     problem = Problem(hidden=64, batch=16)
     before = [p.detach().clone() for p in problem.model.parameters()]
     modes: list[tuple[str, dict[str, Any]]] = [
-        ("gradguard default (screen: 8 coordinates + 2 joint probes)", {}),
+        ("gradguard default (screen: 8 coordinates read jointly + 2 joint probes)", {}),
         ('gradguard strategy="per-tensor"', {"strategy": "per-tensor"}),
         ("gradguard sample=0 (the 2 joint probes only)", {"sample": 0}),
         ("gradguard sample=0, directions=1", {"sample": 0, "directions": 1}),

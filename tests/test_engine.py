@@ -231,7 +231,7 @@ def test_default_check_of_a_million_parameters_costs_a_few_hundred_evaluations(
     assert report.passed, str(report)
     n_tensors = len(params)
     if strategy == "screen":
-        assert report.evaluations == 2 + 2 * (DEFAULT_COORDINATES + DEFAULT_DIRECTIONS)
+        assert report.evaluations == 2 + 2 + 2 * DEFAULT_DIRECTIONS  # coordinates jointly
     else:
         assert report.evaluations == 2 + 2 * (DEFAULT_COORDINATES + DEFAULT_DIRECTIONS * n_tensors)
     assert report.evaluations < 300

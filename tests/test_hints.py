@@ -144,3 +144,36 @@ def test_a_loss_that_modifies_its_parameters_is_named_not_called_dropout(where: 
     assert all(p.hint == "" for p in report.params if p.name != changed)
     after = values()  # type: ignore[operator]
     assert all(a.tobytes() == b.tobytes() for a, b in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_sign_error_resolved_by_one_probe_is_still_called_a_sign_error(dtype: type) -> None:
+    """A softmax's output bias (4 elements, gradient summing to 0) with its sign flipped,
+    escalated by the screen: seed 16 leaves one probe above the noise (both random directions
+    cancel); the hint names the sign, not "a ratio that varies between probes"."""
+    cases = measure_hints.labelled_cases(np.dtype(dtype), 16)
+    _, params, loss, grad, _ = next(c for c in cases if "wrong_sign_out.b" in c[0])
+    report = gg.check(loss, params, grad, seed=16)
+    assert report.failed == ("out.b",), str(report)
+    assert named_causes(report.params[-1].hint) == {"wrong_sign"}, report.params[-1].hint
+
+
+def test_one_probe_above_the_noise_names_no_factor_but_minus_one() -> None:
+    """From one probe above the noise, -1 is named; any other ratio is not called constant."""
+    from gradguard.engine.hints import diagnose_failure
+    from gradguard.engine.verdict import Evidence
+
+    def evidence(strong: float) -> Evidence:
+        return Evidence(
+            np.array([strong * 0.5, 1e-17, -1e-17]),
+            np.array([0.5, 3e-11, -3e-11]),
+            np.full(3, 1e-10),
+            1e-6,
+            0.1,
+            1e-16,
+            1e-16,
+        )
+
+    assert "the sign is wrong" in diagnose_failure(evidence(-1.0))
+    other = diagnose_failure(evidence(1.5))
+    assert "x numeric" not in other and "one probe above the noise" in other

@@ -39,16 +39,18 @@ def _snapshot(params: FloatDict) -> list[bytes]:
 
 @pytest.mark.parametrize("n_tensors", [4, 40])
 def test_a_correct_model_costs_the_same_whatever_the_number_of_tensors(n_tensors: int) -> None:
-    """Screening a correct model: 2 + 2 x coordinates + 2 x directions evaluations, any T."""
+    """Screening a correct model: 2 + 2 (the coordinates, read jointly) + 2 x directions
+    evaluations, any T."""
     params, loss, grad = _chain(n_tensors)
     report = gg.check(loss, params, grad, seed=0, strategy="screen")
     assert report.passed, str(report)
-    assert report.evaluations == 2 + 2 * DEFAULT_COORDINATES + 2 * DEFAULT_DIRECTIONS
+    assert report.evaluations == 2 + 2 + 2 * DEFAULT_DIRECTIONS
     assert {p.judged_by for p in report.params} == {"screen"}
     assert report.notes["strategy"] == "screen"
     assert report.notes["screen_evaluations"] == 2 * DEFAULT_DIRECTIONS
     assert sum(p.coordinates for p in report.params) == DEFAULT_COORDINATES
-    assert sum(p.evaluations for p in report.params) == 2 * DEFAULT_COORDINATES
+    assert sum(p.evaluations for p in report.params) == 0  # nothing probed on its own
+    assert report.notes["coordinates_jointly"]
 
 
 def test_per_tensor_probing_stays_available() -> None:
@@ -160,7 +162,7 @@ def test_the_report_records_how_each_tensor_was_judged() -> None:
 
 
 # The cost of a check that screens clean in at most two rounds of joint probes.
-_TWO_ROUNDS = 2 + 2 * DEFAULT_COORDINATES + 2 * 2 * DEFAULT_DIRECTIONS
+_TWO_ROUNDS = 2 + 2 + 2 * 2 * DEFAULT_DIRECTIONS
 
 
 def test_a_thousand_numpy_tensors_screen_clean_at_a_constant_cost() -> None:
@@ -185,3 +187,99 @@ def test_one_wrong_tensor_among_a_thousand_is_found_within_the_budget() -> None:
     report = gg.check(loss, params, buggy, seed=0, strategy="screen")
     assert report.failed == ("t500",), str(report)
     assert report.evaluations <= 40 + 2 * math.log2(1000) + 4 * math.log2(params["t500"].size)
+
+
+# -- sampled coordinates read jointly (gradguard.engine.joint_coordinates) --------------------
+
+
+def _small(dtype: type = np.float64) -> tuple[FloatDict, Any, Any]:
+    """Four 2-element tensors: 8 sampled coordinates cover every element."""
+    rng = np.random.default_rng(7)
+    params = {f"p{i}": rng.uniform(0.5, 1.5, 2).astype(dtype) * 10.0**i for i in range(4)}
+
+    def loss(p: FloatDict) -> Any:
+        return sum(np.sum(np.sin(v / 10.0**i) * 10.0**i) for i, v in enumerate(p.values()))
+
+    def grad(p: FloatDict) -> FloatDict:
+        return {k: np.cos(v / 10.0**i).astype(v.dtype) for i, (k, v) in enumerate(p.items())}
+
+    return params, loss, grad
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_wrong_element_among_jointly_read_coordinates_is_probed_on_its_own(seed: int) -> None:
+    """A x1.01 error on one sampled element fails its tensor and names that element, measured
+    by its own probe (not the joint reading); the other tensors pass."""
+    params, loss, grad = _small()
+
+    def buggy(p: FloatDict) -> FloatDict:
+        g = grad(p)
+        g["p2"][1] *= 1.01
+        return g
+
+    report = gg.check(loss, params, buggy, seed=seed, sample=8, directions=1)
+    assert report.failed == ("p2",), str(report)
+    wrong = next(p for p in report.params if p.name == "p2")
+    assert wrong.worst_index == (1,)
+    assert wrong.worst_numeric is not None and wrong.worst_analytic is not None
+    assert wrong.worst_analytic == pytest.approx(1.01 * wrong.worst_numeric, rel=1e-6)
+    assert "p2" not in report.notes.get("coordinates_jointly", "")
+
+
+def test_jointly_read_coordinates_of_a_correct_model_cost_two_evaluations() -> None:
+    """Gradients four orders of magnitude apart: every coordinate cleared by one joint pair;
+    the report names no worst element it did not measure on its own."""
+    params, loss, grad = _small()
+    report = gg.check(loss, params, grad, seed=0, sample=8, directions=1)
+    assert report.passed, str(report)
+    assert report.notes["coordinates_jointly"] == "p0, p1, p2, p3"
+    assert report.evaluations == 2 + 2 + 2
+    assert all(p.worst_index is None and p.coordinates == 2 for p in report.params)
+
+
+def test_a_kink_under_a_jointly_read_coordinate_does_not_fail_the_check() -> None:
+    """|x| with one element inside the step of its kink: the joint reading is not clean, that
+    tensor's coordinates are probed one by one and the kink is left out, no false alarm."""
+    params = {"a": np.array([1e-9, 0.7]), "b": np.array([0.3, -1.2, 2.0])}
+
+    def loss(p: FloatDict) -> Any:
+        return float(np.sum(np.abs(p["a"])) + np.sum(p["b"] ** 3))
+
+    def grad(p: FloatDict) -> FloatDict:
+        return {"a": np.sign(p["a"]), "b": 3 * p["b"] ** 2}
+
+    report = gg.check(loss, params, grad, seed=0, sample=5, directions=1)
+    assert not report.failed, str(report)
+    assert "a" not in report.notes.get("coordinates_jointly", "")
+
+
+def test_float32_coordinates_far_apart_in_scale_are_read_jointly() -> None:
+    """float32 elements whose shares differ by 1e9: the large one is moved by a fraction of its
+    step that still changes a float32 value; a correct model passes."""
+    params = {"big": np.array([1.0], np.float32), "small": np.array([3.0, 4.0, 5.0], np.float32)}
+
+    def loss(p: FloatDict) -> Any:
+        return np.float32(1e3) * np.sum(p["big"] ** 2) + np.float32(1e-6) * np.sum(p["small"] ** 2)
+
+    def grad(p: FloatDict) -> FloatDict:
+        return {"big": np.float32(2e3) * p["big"], "small": np.float32(2e-6) * p["small"]}
+
+    report = gg.check(loss, params, grad, seed=0, sample=4, directions=1)
+    assert not report.failed, str(report)
+    assert "big" in report.notes["coordinates_jointly"]
+
+
+def test_a_loss_that_breaks_under_the_joint_coordinates_restores_every_element() -> None:
+    """The loss is NaN once two sampled elements move together: a LossError that says the
+    coordinates were perturbed jointly, every element bit-identical afterwards."""
+    params, loss, grad = _small()
+    before = _snapshot(params)
+    center = {k: v.copy() for k, v in params.items()}
+
+    def fragile(p: FloatDict) -> Any:
+        moved = sum(int(np.any(p[k] != center[k])) for k in p)
+        return float("nan") if moved > 1 else loss(p)
+
+    with pytest.raises(gg.LossError, match="sampled coordinates are perturbed jointly"):
+        gg.check(fragile, params, grad, seed=0, sample=8, directions=1)
+    assert _snapshot(params) == before

@@ -45,6 +45,7 @@ import numpy.typing as npt
 
 from gradguard.engine.directions import Direction
 from gradguard.engine.hints import diagnose_failure, zero_hint
+from gradguard.engine.joint_coordinates import read_jointly
 from gradguard.engine.layout import Layout
 from gradguard.engine.numerics import (
     default_gradient_tolerance,
@@ -85,8 +86,10 @@ DEFAULT_COORDINATES = 8
 """Sampled coordinates in the default strategy.
 
 Per-tensor probing takes at least one per tensor (``max(8, T)``); screening takes 8 whatever
-the number of tensors (an element-level spot check that names a worst element; a Guard's
-rotation makes them cover the model over a run).
+the number of tensors and reads them in one joint probe (an element-level spot check at the
+cost of two evaluations; a Guard's rotation makes them cover the model over a run; a tensor
+whose coordinates do not read clean jointly has them probed one by one, and those name its
+worst element).
 """
 
 STRATEGIES = ("screen", "per-tensor")
@@ -350,6 +353,7 @@ class _Run:
         self.screening = False  # the check screens tensors jointly (strategy "screen")
         self.extrapolated: set[int] = set()  # tensors judged on a Richardson third look
         self.narrowed: set[int] = set()  # tensors with a probe judged at a narrower step
+        self.jointly: set[int] = set()  # tensors whose coordinates were read in one joint probe
 
     # -- evaluations ---------------------------------------------------------------------
 
@@ -564,7 +568,7 @@ def run_check(
     probed = chosen
     if screening:
         run.directions = [[] for _ in layout]  # coordinates first; directions for suspects
-        coordinate_members = {s: _probe(run, s, picks[s]) for s in chosen}
+        coordinate_members = _coordinates_jointly(run, chosen, picks, scale)
         outcome = screen(
             run,
             chosen,
@@ -572,6 +576,12 @@ def run_check(
             {s: _evidence(run, coordinate_members[s], scale) for s in chosen},
         )
         probed = outcome.suspects
+        # A suspect is judged on its own evaluations: its coordinates read jointly are
+        # probed again one by one (its second look compares steps of the same probe).
+        for s in probed:
+            if s in run.jointly:
+                coordinate_members[s] = _probe(run, s, picks[s])
+                run.jointly.discard(s)
     own = set(probed)
     # A tensor whose every element is a coordinate probe gains nothing from directions.
     run.directions = [
@@ -659,6 +669,8 @@ def run_check(
         notes["richardson"] = ", ".join(sorted(layout[s].name for s in run.extrapolated))
     if run.sparse_sampling:
         notes["coordinates"] = "half among elements with a non-zero analytic gradient"
+    if run.jointly:
+        notes["coordinates_jointly"] = ", ".join(sorted(layout[s].name for s in run.jointly))
     if outcome is not None:
         notes["strategy"] = "screen"
         notes["screen_evaluations"] = outcome.evaluations
@@ -755,7 +767,7 @@ def _screened(
     p = run.probes
     segment = run.layout[s]
     worst = None
-    if coordinates.size:
+    if coordinates.size and s not in run.jointly:  # a joint reading bounds, names nothing
         gaps = [abs(p.numeric[int(i)] - p.analytic[int(i)]) for i in coordinates]
         i = int(coordinates[int(np.argmax(gaps))])
         worst = (segment.unravel(p.local[i]), p.analytic[i], p.numeric[i])
@@ -813,6 +825,34 @@ def _pick_coordinates(
         else:
             picks[s] = sample_coordinates([size], [count], run.rng)[0]
     return picks
+
+
+def _coordinates_jointly(
+    run: _Run, chosen: list[int], picks: dict[int, npt.NDArray[np.intp]], scale: float
+) -> dict[int, npt.NDArray[np.intp]]:
+    """Every tensor's sampled coordinates, read in one joint probe where that is clean.
+
+    A tensor whose jointly read coordinates do not pass (or read zero) is probed again one
+    coordinate at a time (:mod:`gradguard.engine.joint_coordinates`).
+    """
+    items = [(s, int(local)) for s in chosen for local in picks[s]]
+    readings = read_jointly(run, items) if len(items) > 1 else None
+    if readings is None:
+        return {s: _probe(run, s, picks[s]) for s in chosen}
+    first = len(run.probes.segment)
+    for (s, local), reading in zip(items, readings, strict=True):
+        run.record(s, False, local, 1.0, _Difference(*reading))
+    positions = np.arange(first, len(run.probes.segment), dtype=np.intp)
+    owner = np.array([s for s, _ in items])
+    members = {}
+    for s in chosen:
+        mine = positions[owner == s]
+        if mine.size and classify(_evidence(run, mine, scale)) in (Status.PASS, Status.ZERO):
+            members[s] = mine
+            run.jointly.add(s)
+        else:
+            members[s] = _probe(run, s, picks[s])
+    return members
 
 
 def _probe(run: _Run, s: int, picks: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:

@@ -10,6 +10,7 @@ or transposed gradients only when the other arrangement matches the finite diffe
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from gradguard.engine.numerics import relative_difference
 from gradguard.engine.verdict import NOISE_FACTOR, Evidence
@@ -71,10 +72,14 @@ def diagnose_failure(
             "(a missing 1/m or 1/2, a doubled term)?"
         )
     off = relative_difference(a, n)
+    how = (
+        "by a ratio that varies between probes, all over the tensor"
+        if int(np.sum(e.signal())) >= 2
+        else "on the one probe above the noise"
+    )
     return (
-        f"analytic and numeric disagree (difference {off:.2g}) by a ratio that varies between "
-        "probes, all over the tensor: a missing or extra term, or a wrong derivative on its "
-        "path (an activation's)?"
+        f"analytic and numeric disagree (difference {off:.2g}) {how}: a missing or extra "
+        "term, or a wrong derivative on its path (an activation's)?"
     )
 
 
@@ -82,7 +87,7 @@ def _constant_factor(e: Evidence) -> float | None:
     """The ratio analytic / numeric when all probes that carry signal agree on it."""
     strong = e.signal() & (e.analytic != 0.0)  # the numeric side carries the noise
     if int(strong.sum()) < 2:
-        return None
+        return _sign_on_one_probe(e, strong)
     a, n, noise = e.analytic[strong], e.numeric[strong], e.noise[strong]
     factor = float(np.dot(a, n) / np.dot(n, n))
     if factor == 0.0:
@@ -90,6 +95,25 @@ def _constant_factor(e: Evidence) -> float | None:
     spread = np.abs(a - factor * n)
     allowed = _RATIO_SPREAD * np.abs(a) + NOISE_FACTOR * noise * abs(factor)
     return factor if bool(np.all(spread <= allowed)) else None
+
+
+def _sign_on_one_probe(e: Evidence, strong: npt.NDArray[np.bool_]) -> float | None:
+    """-1 when the one probe above the noise reads ``analytic = -numeric`` and the others
+    agree within their noise; a factor other than -1 from one probe names nothing.
+
+    A small tensor escalated by the screen can have a single probe that resolves it (a
+    softmax's output bias: its gradient sums to 0, so random directions over its 4 elements
+    often cancel), and a sign error is the one factor one probe can name.
+    """
+    if int(strong.sum()) != 1:
+        return None
+    j = int(np.argmax(strong))
+    a, n = float(e.analytic[j]), float(e.numeric[j])
+    if n == 0.0 or abs(a / n + 1.0) >= _RATIO_SPREAD:
+        return None
+    gap = np.abs(e.analytic + e.numeric)
+    allowed = _RATIO_SPREAD * np.abs(e.analytic) + NOISE_FACTOR * e.noise + e.numeric_floor
+    return -1.0 if bool(np.all(gap <= allowed)) else None
 
 
 def zero_hint(all_analytic_zero: bool) -> str:
