@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
 import sys
-import tempfile
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _run(*args: str) -> str:
+def _run(*args: str, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=BENCHMARKS.parent
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCHMARKS.parent,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -60,15 +65,19 @@ def test_keras_callback_benchmark_quick_run_reports_every_section() -> None:
     assert "Model variables bit-identical after every check: yes" in out
 
 
-def test_report_benchmark_quick_run_measures_memory_and_deletes_its_log() -> None:
+def test_report_benchmark_quick_run_measures_memory_and_deletes_its_log(
+    tmp_path: pathlib.Path,
+) -> None:
     """bench_report.py --quick reports time and peak memory, the log's checks all pass, and
-    the generated log is gone afterwards."""
-    before = set(pathlib.Path(tempfile.gettempdir()).glob("gradguard-bench-report-*"))
-    out = _run(str(BENCHMARKS / "bench_report.py"), "--quick")
+    the generated log is gone afterwards (its own temporary directory: other runs of the
+    suite on the machine leave theirs in the shared one)."""
+    out = _run(
+        str(BENCHMARKS / "bench_report.py"), "--quick", env={**os.environ, "TMPDIR": str(tmp_path)}
+    )
     assert "| report, 1-record log (the floor) | 0 |" in out
     assert re.search(r"\| report --plot, 2\d MiB log \| 0 \|", out)
     assert re.search(r"Peak resident memory on the 2\d MiB log over the 1-record log: ", out)
-    assert set(pathlib.Path(tempfile.gettempdir()).glob("gradguard-bench-report-*")) == before
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_jax_benchmark_quick_run_reports_both_sections() -> None:
