@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import random
 import signal
 import threading
@@ -54,6 +55,43 @@ def test_the_applications_own_handler_is_called_and_kept() -> None:
         assert signal.getsignal(signal.SIGINT) is handler
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.parametrize("where", ["gc callback", "__del__"])
+def test_a_sigint_that_lands_where_an_exception_is_dropped_is_held_not_lost(where: str) -> None:
+    """A SIGINT handled inside a gc callback (pytest plugins such as hypothesis register one)
+    or a ``__del__`` would raise a KeyboardInterrupt that Python only prints as unraisable:
+    the Ctrl-C was lost. It is held and delivered at the next section's end."""
+
+    fired: list[bool] = []
+
+    def interrupt(*_: object) -> None:
+        if not fired:  # once: a later automatic collection must not interrupt the test
+            fired.append(True)
+            signal.raise_signal(signal.SIGINT)
+
+    class Finalized:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+
+    after = False
+    if where == "gc callback":
+        gc.callbacks.append(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt), session():
+            if where == "gc callback":
+                gc.collect()
+            else:
+                Finalized()  # dropped at once: __del__ runs here
+            assert interrupt_pending()
+            with deferred():
+                after = True
+            pytest.fail("the held SIGINT was not delivered at the end of the section")
+    finally:
+        if interrupt in gc.callbacks:
+            gc.callbacks.remove(interrupt)
+    assert after and not interrupt_pending()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_an_ignored_sigint_is_left_alone() -> None:

@@ -32,6 +32,7 @@ there is no ``KeyboardInterrupt`` to defer and the handler is not installed.
 from __future__ import annotations
 
 import _thread
+import gc
 import os
 import signal
 import sys
@@ -116,9 +117,35 @@ def _deliver(signum: int, frame: types.FrameType | None) -> None:
         signal.default_int_handler(signum, frame)
 
 
+def _callback_codes() -> set[types.CodeType]:
+    codes = set()
+    for callback in gc.callbacks:
+        function = getattr(callback, "__func__", callback)
+        code = getattr(function, "__code__", None)
+        if code is None:  # a callable object: its class's __call__
+            call = vars(type(callback)).get("__call__")
+            code = getattr(call, "__code__", None)
+        if isinstance(code, types.CodeType):
+            codes.add(code)
+    return codes
+
+
+def _dropping(frame: types.FrameType | None) -> bool:
+    """Whether an exception raised at ``frame`` would be dropped as unraisable: inside a gc
+    callback (pytest plugins such as hypothesis register one) or a ``__del__``."""
+    callbacks = _callback_codes() if gc.callbacks else set()
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" or frame.f_code in callbacks:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _handler(signum: int, frame: types.FrameType | None) -> None:
-    """The SIGINT handler while a check runs: hold it inside sections and transitions."""
-    if _state.depth > 0 or _in_transition(frame):
+    """The SIGINT handler while a check runs: hold it inside sections and transitions, and
+    where a KeyboardInterrupt would be dropped (delivered at the next section's end, or when
+    the session ends)."""
+    if _state.depth > 0 or _in_transition(frame) or _dropping(frame):
         _state.pending = True
     else:
         _deliver(signum, frame)
