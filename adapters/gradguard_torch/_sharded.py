@@ -39,7 +39,7 @@ import math
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -433,7 +433,8 @@ class ShardedView(FlatView):
         self._has_gradient = False
         self._elements: dict[tuple[int, int], tuple[float, float]] = {}
         self._along: dict[int, float] = {}  # per tensor, g . v of its last probe (agreed)
-        self._pending: tuple[int, float] | None = None  # (tensor, this rank's share of g . v)
+        # Per tensor written at -step since the last evaluation: this rank's share of g . v.
+        self._pending: dict[int, float] = {}
         self._probed: dict[tuple[int, int], bool] = {}  # (segment, element) -> this rank owns it
         self._owners: str | None = None
         self._notes: dict[str, str | int | float | bool | None] = {
@@ -485,25 +486,26 @@ class ShardedView(FlatView):
         """
         if failure is not None:
             self._post(failure)
-        # A direction probe's share of g . v rides along (write_along left it pending): the
-        # probe's analytic side costs no collective of its own.
-        pending, self._pending = self._pending, None
+        # A direction probe's shares of g . v ride along (write_along left them pending, one
+        # per tensor of a joint probe, the same tensors on every rank): the probe's analytic
+        # side costs no collective of its own.
+        pending, self._pending = self._pending, {}
         mine = torch.tensor(
             [
                 math.nan if value is None else value,
                 0.0 if failure is None else 1.0,
-                0.0 if pending is None else pending[1],
+                *pending.values(),
             ],
             dtype=torch.float64,
         )
-        table = [torch.empty(3, dtype=torch.float64) for _ in range(self.world)]
+        table = [torch.empty_like(mine) for _ in range(self.world)]
         try:
             dist.all_gather(table, mine, group=self._group)
         except Exception as exc:  # a rank left, or the group timed out waiting for one
             raise self._error(self._posted(range(self.world)), exc, phase) from (failure or exc)
         rows = torch.stack(table).numpy()
-        if pending is not None:
-            self._along[pending[0]] = float(np.sum(rows[:, 2]))
+        agreed = np.sum(rows[:, 2:], axis=0)
+        self._along.update((s, float(v)) for s, v in zip(pending, agreed, strict=True))
         failed = [int(r) for r in np.flatnonzero(rows[:, 1] > 0.0)]
         if failed:
             raise self._error(self._posted(failed), None, phase) from failure
@@ -787,15 +789,16 @@ class ShardedView(FlatView):
                 plus = (x - step * v).astype(slot.np_dtype).astype(np.float64)
                 share += float(np.dot(slot.grad[a:b], plus - stored)) / (-2.0 * step)
         if step < 0.0:
-            self._pending = (segment, share)  # summed by the next evaluation's agreement
+            self._pending[segment] = share  # summed by the next evaluation's agreement
 
     def gradient_along(self, segment: int, direction: Direction, step: float) -> float:
-        if segment in self._along:
-            return self._along.pop(segment)
-        # No evaluation since the -step write (not the engine's order): sum it here.
-        pending, self._pending = self._pending, None
-        assert pending is not None and pending[0] == segment
-        return float(self._reduce(np.array([pending[1]]))[0])
+        if segment not in self._along:
+            # No evaluation since the -step writes (not the engine's order): sum them here.
+            pending, self._pending = self._pending, {}
+            assert segment in pending, "gradient_along needs a write_along(+step), (-step) pair"
+            agreed = self._reduce(np.array([*pending.values()]))
+            self._along.update((s, float(v)) for s, v in zip(pending, agreed, strict=True))
+        return self._along.pop(segment)
 
     def gradient_dot(self, segment: int, direction: Direction, transposed: bool = False) -> float:
         slot = self._slots[segment]
@@ -807,16 +810,14 @@ class ShardedView(FlatView):
             share += float(np.dot(slot.grad[a:b], _along(direction, where)))
         return float(self._reduce(np.array([share]))[0])
 
-    def gradient_dots(self, parts: Mapping[int, FloatArray]) -> dict[int, float]:
-        def share(slot: _ShardSlot, v: FloatArray) -> float:
-            total = 0.0
+    def gradient_dots(self, parts: Sequence[tuple[int, Direction]]) -> FloatArray:
+        """Each rank's local dot products, block by block, then one all-reduce for all."""
+        shares = np.zeros(len(parts))
+        for k, (segment, direction) in enumerate(parts):
+            slot = self._slots[segment]
             for a, b, where in slot.chunks() if slot.primary else ():
-                part = v[slice(*where)] if isinstance(where, tuple) else v[where]
-                total += float(np.dot(slot.grad[a:b], part))
-            return total
-
-        shares = [share(self._slots[s], v) for s, v in parts.items()]
-        return dict(zip(parts, (float(v) for v in self._reduce(np.array(shares))), strict=True))
+                shares[k] += float(np.dot(slot.grad[a:b], _along(direction, where)))
+        return self._reduce(shares) if parts else shares
 
     def nonzero_positions(self, segment: int, ranks: IndexArray) -> IndexArray:
         """By bisection over positions: each round, one all-reduce of the counts below."""
@@ -861,8 +862,9 @@ class ShardedView(FlatView):
     # -- FlatView ------------------------------------------------------------------------------
 
     def original(self, segment: int) -> FloatArray:
-        """The tensor's whole original values, gathered (collective; joint screening reads one
-        tensor at a time, nothing else does)."""
+        """The tensor's whole original values, gathered (collective). The engine never asks a
+        partitioned view for them (joint screening included: it writes through
+        :meth:`write_along`); this serves the contract for other callers."""
         slot = self._slots[segment]
         if not slot.sharded:
             return slot.saved64().copy()

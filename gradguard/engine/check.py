@@ -37,7 +37,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal, NamedTuple, overload
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import attrs
 import numpy as np
@@ -290,29 +290,6 @@ class _Difference(NamedTuple):
     span: float
 
 
-class _Gathered(Sequence[FloatArray]):
-    """A partitioned view's whole originals, one tensor gathered per access, never kept.
-
-    Only joint screening (:mod:`gradguard.engine.screen`) reads whole originals; everything
-    else in the check goes through the view's reductions.
-    """
-
-    def __init__(self, view: FlatView) -> None:
-        self._view = view
-
-    def __len__(self) -> int:
-        return len(self._view.layout)
-
-    @overload
-    def __getitem__(self, index: int) -> FloatArray: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[FloatArray]: ...
-    def __getitem__(self, index: int | slice) -> FloatArray | Sequence[FloatArray]:
-        if isinstance(index, slice):
-            return [self._view.original(s) for s in range(len(self))[index]]
-        return self._view.original(index)
-
-
 class _Run:
     """The state of one check while it runs."""
 
@@ -329,8 +306,8 @@ class _Run:
         self.u_grad = 0.0  # unit round-off of the analytic gradient's dtype
         self.grad_tiny = 0.0  # its smallest normal number, when less precise than the loss
         self.spreads: FloatArray = np.zeros(len(view.layout))  # per tensor, measured spread
-        # Whole original values: a list of flat vectors, or, for a partitioned view, a lazy
-        # sequence gathering one tensor per access (joint screening only reads them).
+        # Whole original values (flat vectors); none for a partitioned view, which serves
+        # every reduction of them itself (``values``).
         self.originals: Sequence[FloatArray] = []
         self.rms: list[float] = []
         self.largest: list[float] = []  # per tensor, the largest |x|
@@ -494,7 +471,6 @@ def run_check(
         chosen = list(selection.tensors(layout, chosen))
     partitioned = bool(getattr(view, "partitioned", False))
     if partitioned:
-        run.originals = _Gathered(view)
         squares, largest = view.original_summary()
     else:
         run.originals = [view.original(s) for s in range(len(layout))]

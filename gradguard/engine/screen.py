@@ -55,7 +55,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from gradguard.engine.sampling import rademacher_signs
+from gradguard.engine.directions import Direction
 from gradguard.engine.spread import joint_spread
 from gradguard.engine.verdict import Evidence, allowance, classify
 from gradguard.errors import LossError
@@ -101,21 +101,21 @@ def gradient_norms(
     return {s: math.sqrt(squares[s]) for s in tensors}
 
 
-def gradient_dots(run: _Run, parts: Mapping[int, FloatArray]) -> dict[int, float]:
-    """``g_t . v_t`` for each tensor ``t`` and vector ``v_t`` of ``parts``.
+def gradient_dots(run: _Run, parts: Sequence[tuple[int, Direction]]) -> FloatArray:
+    """``g_t . v`` for each ``(t, v)`` of ``parts``, in order.
 
-    The one place the screen computes an analytic directional derivative: a view that holds
-    the gradient elsewhere (sharded over processes) can serve it here.
+    The screen's candidate directions go to the run's values in one call: a view that holds
+    the gradient elsewhere (sharded over processes) answers them all with one collective.
     """
     return run.values.gradient_dots(parts)
 
 
 @attrs.define
 class _Direction:
-    """One joint direction: each tensor's signed, scaled part."""
+    """One joint direction: each tensor's unit part ``u_t`` and the step along it."""
 
-    signs: dict[int, npt.NDArray[np.int8]]
-    steps: dict[int, float]  # the step along u_t = signs / sqrt(n): alpha * step
+    parts: dict[int, Direction]  # u_t, Rademacher signs / sqrt(n_t), by global element index
+    steps: dict[int, float]  # the step along u_t: alpha * step
     units: dict[int, float]  # |alpha_t step_t|: one unit of tensor t's own direction
     # The typical size of tensor t's share along a random direction of this length:
     # |alpha_t step_t| ||g_t|| / sqrt(n_t) (what its gradient's round-off is measured against).
@@ -331,15 +331,20 @@ def _draw(run: _Run, tensors: Sequence[int]) -> _Direction:
     # largest: a share near 0 by chance would leave the tensor unresolved (the others' noise
     # hides it). The choice depends on the gradient only, so a bug's own projection stays as
     # random as before, and the shares' signs stay random (round-off adds, never aligns).
-    signs = _signs(run, tensors)
-    best = {s: abs(d) for s, d in _dots(run, signs).items()}
-    squares = {s: d * d / _CANDIDATES for s, d in best.items()}
-    for _ in range(_CANDIDATES - 1):
-        other = _signs(run, tensors)
-        for s, d in _dots(run, other).items():
-            squares[s] += d * d / _CANDIDATES
-            if abs(d) > best[s]:
-                signs[s], best[s] = other[s], abs(d)
+    candidates = [_signs(run, tensors) for _ in range(_CANDIDATES)]
+    dots = gradient_dots(run, [(s, c[s]) for c in candidates for s in tensors])
+    # Along the signs themselves (g . s = sqrt(n) g . u): the mean of their squares is an
+    # unbiased estimate of ||g_t||^2.
+    dots *= np.tile([math.sqrt(run.layout[s].size) for s in tensors], _CANDIDATES)
+    rows = dots.reshape(_CANDIDATES, len(tensors))
+    signs = dict(candidates[0])
+    best = {s: abs(float(d)) for s, d in zip(tensors, rows[0], strict=True)}
+    squares = {s: float(d) * float(d) / _CANDIDATES for s, d in zip(tensors, rows[0], strict=True)}
+    for other, row in zip(candidates[1:], rows[1:], strict=True):
+        for s, d in zip(tensors, row, strict=True):
+            squares[s] += float(d) * float(d) / _CANDIDATES
+            if abs(float(d)) > best[s]:
+                signs[s], best[s] = other[s], abs(float(d))
     base = {s: _base_step(run, s) for s in tensors}
     norms = gradient_norms(run, tensors, squares)
     # Each tensor's typical share at its full step: base_t ||g_t|| / sqrt(n_t).
@@ -355,16 +360,11 @@ def _draw(run: _Run, tensors: Sequence[int]) -> _Direction:
     return _Direction(signs, steps, dict(steps), typical)
 
 
-def _signs(run: _Run, tensors: Sequence[int]) -> dict[int, npt.NDArray[np.int8]]:
-    """Random signs for every tensor of ``tensors``, drawn in one call (not one per tensor)."""
-    sizes = [run.layout[s].size for s in tensors]
-    flat = rademacher_signs(sum(sizes), run.rng)
-    ends = np.cumsum(sizes)
-    return {s: flat[end - size : end] for s, size, end in zip(tensors, sizes, ends, strict=True)}
-
-
-def _dots(run: _Run, signs: Mapping[int, npt.NDArray[np.int8]]) -> dict[int, float]:
-    return gradient_dots(run, {s: v.astype(np.float64) for s, v in signs.items()})
+def _signs(run: _Run, tensors: Sequence[int]) -> dict[int, Direction]:
+    """A random unit direction over every tensor of ``tensors``, drawn in one call (not one
+    per tensor), kept as packed bits read by global element index."""
+    parts = Direction.draw_joint([run.layout[s].size for s in tensors], run.rng)
+    return dict(zip(tensors, parts, strict=True))
 
 
 def _base_step(run: _Run, s: int) -> float:
@@ -373,31 +373,32 @@ def _base_step(run: _Run, s: int) -> float:
 
 
 def _probe(run: _Run, d: _Direction, members: Sequence[int], scale: float = 1.0) -> _Joint:
-    """Two evaluations with every tensor of ``members`` moved along its part of ``d``."""
-    view = run.view
-    plus: dict[int, FloatArray] = {}
-    moves: dict[int, FloatArray] = {}
+    """Two evaluations with every tensor of ``members`` moved along its part of ``d``.
+
+    Written and read through the run's values (``write_along``, ``gradient_along``), as a
+    per-tensor direction probe is: a partitioned view writes each rank's shard of every tensor
+    and sums the shares of ``g . v`` in the evaluations' own agreement, holding no whole tensor.
+    """
+    values = run.values
+    steps = {s: d.steps[s] * scale for s in members}
     for s in members:
-        move = d.signs[s].astype(np.float64) * (d.steps[s] * scale / math.sqrt(d.signs[s].size))
-        moves[s] = move
-        plus[s] = np.array(view.write(s, None, run.originals[s] + move), dtype=np.float64)
+        values.write_along(s, d.parts[s], steps[s])
     j_plus = _evaluate(run, members, +1)
-    spans: dict[int, FloatArray] = {}
     for s in members:
-        minus = view.write(s, None, run.originals[s] - moves[s])
-        spans[s] = (plus[s] - minus) / 2.0  # the steps actually stored, rounded to the dtype
+        values.write_along(s, d.parts[s], -steps[s])
     j_minus = _evaluate(run, members, -1)
     for s in members:
-        view.reset(s, None)
-    shares = gradient_dots(run, spans)
+        run.view.reset(s, None)
+    # g . (x+ - x-) / 2 over the values stored (rounded to the tensor's dtype).
+    shares = {s: steps[s] * values.gradient_along(s, d.parts[s], steps[s]) for s in members}
     numeric = (j_plus - j_minus) / 2.0
     analytic = float(sum(shares.values()))
     noise = run.noise(j_plus, j_minus) / 2.0
     if run.u_grad > run.u:
         squares = float(sum((d.typical[s] * scale) ** 2 for s in members))
         noise += _SCREEN_GRADIENT_ULPS * run.u_grad * math.sqrt(squares)
-    if run.spreads.any():
-        noise += joint_spread(run.spreads, {s: float(np.linalg.norm(m)) for s, m in spans.items()})
+    if run.spreads.any():  # each move is a unit vector times its step
+        noise += joint_spread(run.spreads, {s: abs(step) for s, step in steps.items()})
     # Measured at scale: report in units of the full step, like the per-tensor second look.
     return _Joint(
         tuple(members),

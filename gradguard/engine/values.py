@@ -12,7 +12,7 @@ it for a whole vector: :class:`TensorValues` is that contract (the optional meth
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -69,8 +69,9 @@ class TensorValues(Protocol):
         """``g . v`` (of the tensor's transpose, for a square matrix)."""
         ...
 
-    def gradient_dots(self, parts: Mapping[int, FloatArray]) -> dict[int, float]:
-        """``g_t . v_t`` for whole-tensor vectors ``v_t`` (joint screening's hook)."""
+    def gradient_dots(self, parts: Sequence[tuple[int, Direction]]) -> FloatArray:
+        """``g_t . v`` for each ``(t, v)`` of ``parts``, in order: joint screening's many
+        directional derivatives in one call (one collective for a partitioned view)."""
         ...
 
     def nonzero_positions(self, segment: int, ranks: IndexArray) -> IndexArray:
@@ -184,8 +185,8 @@ class DenseValues:
         lo, hi = direction.lo, direction.hi
         return float(np.dot(g[lo:hi], direction.signs()[lo:hi])) * direction.scale
 
-    def gradient_dots(self, parts: Mapping[int, FloatArray]) -> dict[int, float]:
-        return {s: float(np.dot(self.segment_grad(s), v)) for s, v in parts.items()}
+    def gradient_dots(self, parts: Sequence[tuple[int, Direction]]) -> FloatArray:
+        return np.array([self.gradient_dot(s, v) for s, v in parts], dtype=np.float64)
 
     def nonzero_positions(self, segment: int, ranks: IndexArray) -> IndexArray:
         return np.flatnonzero(self.segment_grad(segment))[ranks].astype(np.intp)

@@ -43,9 +43,11 @@ sharded model holds a shard) is never asked for ``original(s)`` in step 2 nor fo
 step 2, ``gradient_summary`` in step 5, then ``element``, ``write_along`` and
 ``gradient_along`` for probes, ``gradient_dots``, ``gradient_dot``, ``gradient_elements``,
 ``nonzero_positions`` and ``largest_gradient_outside`` as the check needs them), in the same
-order on every process, so each may be collective. Only joint screening still reads one
-tensor's whole ``original(s)`` at a time. The defaults below compute every reduction from
-``original`` and ``gradient``, so an ordinary view needs none of them.
+order on every process, so each may be collective. Joint screening goes through the same
+reductions: its probe is ``write_along(+step)`` for every tensor of the probe, an evaluation,
+``write_along(-step)`` for each, an evaluation, ``reset`` and ``gradient_along`` for each; its
+candidate directions are one ``gradient_dots`` call. The defaults below compute every reduction
+from ``original`` and ``gradient``, so an ordinary view needs none of them.
 
 A view may raise :class:`~gradguard.errors.GradGuardError` subclasses from any step
 (``InvalidParamsError`` from ``open``, ``LossError`` from ``evaluate``, ``GradientError``
@@ -56,7 +58,7 @@ from __future__ import annotations
 
 import abc
 import types
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -306,8 +308,9 @@ class FlatView(abc.ABC):
         """``g . v`` over one tensor (its transpose, for a square matrix)."""
         return self._dense().gradient_dot(segment, direction, transposed)
 
-    def gradient_dots(self, parts: Mapping[int, FloatArray]) -> dict[int, float]:
-        """``g_t . v_t`` for whole-tensor vectors ``v_t`` (joint screening)."""
+    def gradient_dots(self, parts: Sequence[tuple[int, Direction]]) -> FloatArray:
+        """``g_t . v`` for each ``(t, v)`` of ``parts``, in order (joint screening's
+        directions; a partitioned view answers them all with one collective)."""
         return self._dense().gradient_dots(parts)
 
     def nonzero_positions(self, segment: int, ranks: IndexArray) -> IndexArray:
