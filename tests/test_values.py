@@ -98,3 +98,27 @@ def test_a_block_of_a_direction_reads_the_same_values_as_its_positions() -> None
         whole = v.values()
         for first, stop in ((0, 101), (3, 5), (7, 9), (8, 16), (13, 77), (50, 101), (90, 91)):
             assert np.array_equal(v.values_between(first, stop), whole[first:stop])
+
+
+def test_joint_directions_split_one_draw_and_read_their_part_by_global_index() -> None:
+    """Direction.draw_joint draws the signs rademacher_signs draws over all tensors at once;
+    each tensor's part (at a bit offset, across byte boundaries) reads its own slice of them
+    through signs, values, values_between and a restriction."""
+    sizes = [3, 1, 13, 0, 8, 21]
+    parts = Direction.draw_joint(sizes, np.random.default_rng(9))
+    signs = rademacher_signs(sum(sizes), np.random.default_rng(9))
+    start = 0
+    for size, part in zip(sizes, parts, strict=True):
+        own = signs[start : start + size]
+        start += size
+        assert np.array_equal(part.signs(), own)
+        whole = part.values()
+        assert np.array_equal(whole, own / np.sqrt(size) if size else own)
+        positions = np.arange(size)[::-1].copy()
+        assert np.array_equal(part.values(positions), whole[positions])
+        for first in range(size):
+            assert np.array_equal(part.values_between(first, size), whole[first:])
+        if size > 2:
+            block = part.restrict(1, size - 1)
+            assert np.array_equal(block.values_between(0, size), block.values())
+            assert np.array_equal(block.values(positions), block.values()[positions])
