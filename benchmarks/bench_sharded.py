@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
@@ -83,21 +84,30 @@ def _fsdp(model: nn.Module, mesh: Any) -> nn.Module:
 
 @contextmanager
 def _counting() -> Iterator[Counter[str]]:
-    """Count calls of the torch.distributed collectives (FSDP2 and gradguard call them there)."""
+    """Count calls of the torch.distributed collectives (FSDP2 and gradguard call them there),
+    and of ``DTensor.full_tensor`` (a whole tensor gathered through DTensor's functional
+    collectives, which the first count does not see)."""
     counts: Counter[str] = Counter()
     saved = {name: getattr(dist, name) for name in COLLECTIVES}
+    full_tensor = DTensor.full_tensor
 
     def counted(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         counts[name] += 1
         return function(*args, **kwargs)
 
+    def gathered(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counts["full_tensor"] += 1
+        return full_tensor(self, *args, **kwargs)
+
     for name, function in saved.items():
         setattr(dist, name, functools.partial(counted, name, function))
+    DTensor.full_tensor = gathered  # type: ignore[method-assign]
     try:
         yield counts
     finally:
         for name, function in saved.items():
             setattr(dist, name, function)
+        DTensor.full_tensor = full_tensor  # type: ignore[method-assign]
 
 
 def _timing(rank: int, width: int, repeats: int) -> dict[str, Any]:
