@@ -10,6 +10,7 @@ import pytest
 from gradguard.kit.dtypes import (
     Tf32Switch,
     bfloat16,
+    carried_precision,
     float64_flat,
     judged_dtype,
     least_precise,
@@ -115,3 +116,20 @@ def test_bfloat16_has_one_mapping_for_every_adapter() -> None:
     assert "bfloat16's step and tolerance" in str(notes["loss_precision"])
     assert judged_dtype("float16") == np.float16
     assert least_precise(np.float16, judged) == judged
+
+
+def test_carried_precision_reads_the_values_not_the_dtype() -> None:
+    """A float64 vector of float32 numbers carries float32 precision, even with one part
+    changed in float64 afterwards; a float64 computation's values, round values (gradients
+    of 1.0, 0.25) and too few values carry float64."""
+    rng = np.random.default_rng(0)
+    exact = rng.standard_normal(1000)
+    single = exact.astype(np.float32).astype(np.float64)
+    assert carried_precision(single) == np.float32
+    changed = single.copy()
+    changed[:100] *= 1.001  # a planted 0.1% error, made in float64
+    assert carried_precision(changed) == np.float32
+    assert carried_precision(exact) == np.float64
+    assert carried_precision(np.array([1.0, 0.25, -2.0, 0.0] * 100)) == np.float64
+    assert carried_precision(single[:7]) == np.float64
+    assert carried_precision(np.array([1e300, -1e300] * 10)) == np.float64

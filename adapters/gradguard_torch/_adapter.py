@@ -55,7 +55,7 @@ from gradguard.errors import (
 )
 from gradguard.kit import notes
 from gradguard.kit.contract import Adapter, FlatView, IndexArray, scalar_loss_value
-from gradguard.kit.dtypes import least_precise
+from gradguard.kit.dtypes import carried_precision, least_precise
 from gradguard.kit.gradients import flatten_gradient, leaves_by_name
 from gradguard.kit.memory import Extent, refuse_shared
 from gradguard.kit.restoring import run_all
@@ -765,13 +765,19 @@ class TorchView(FlatView):
                 loss = self._loss(module)
                 if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
                     return  # a loss that does not differentiate natively: keep float64
-                half = seen.dtype is not None or any(t.dtype in _HALF for t in params)
+                # Every native gradient less precise than the shadow's has its round-off
+                # measured: half precision, and float32 too (a bias's sum over 512 positions
+                # that training has made cancel is 1e-4 off, far beyond an a-priori bound).
+                kinds = {t.dtype for t in params} | {seen.dtype}
+                unit = _dither_unit(kinds)
                 scalar = loss.reshape(())
-                grads = torch.autograd.grad(scalar, params, allow_unused=True, retain_graph=half)
-                rescaled = _rescaled_gradient(scalar, params) if half else None
+                measure = unit is not None
+                grads = torch.autograd.grad(
+                    scalar, params, allow_unused=True, retain_graph=measure
+                )
+                rescaled = _rescaled_gradient(scalar, params) if measure else None
                 if rescaled is not None:
-                    kinds = {t.dtype for t in params} | {seen.dtype}
-                    unit = _DITHER[torch.bfloat16 if torch.bfloat16 in kinds else torch.float16]
+                    assert unit is not None
                     dithered = [
                         self._dithered_gradient(module, params, unit * sign) for sign in (1, -1)
                     ]
@@ -915,6 +921,12 @@ class TorchView(FlatView):
         # ``None`` for a tensor counts as zeros, as ``.grad`` is ``None`` when nothing flowed.
         flat = flatten_gradient(self.layout, leaves, to_array=_to_numpy, missing="zero")
         self._loss_dtype = least_precise(self._loss_dtype, *map(_leaf_dtype, leaves))
+        # A float32 gradient handed over as float64 (``p.grad`` cloned inside the float64
+        # shadow's mode) is judged as float32: its rounding is no disagreement.
+        carried = carried_precision(flat)
+        if least_precise(self._loss_dtype, carried) != self._loss_dtype:
+            self._gradient_dtype = carried
+            self._notes[notes.GRADIENT] = f"given; its values are {carried} numbers"
         return flat
 
     def _gradient_leaves(self, grad: Any) -> list[Any]:
@@ -1213,10 +1225,18 @@ def _leaf_dtype(value: Any) -> np.dtype[Any]:
 # spread sample of gradguard.engine.spread): not a power of two, so every rounding in the
 # backward lands differently, and close to 1, so nothing overflows or underflows.
 _RESCALE = 4.0 / 3.0
-_HALF = frozenset({torch.bfloat16, torch.float16})
 # The relative size of the dither of a half-precision gradient's parameters: one unit
 # round-off of the dtype the gradient is computed in.
-_DITHER = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+_DITHER = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
+
+
+def _dither_unit(kinds: set[torch.dtype | None]) -> float | None:
+    """The dither of the least precise dtype the native gradient is computed in (``None``:
+    a float64 gradient, nothing to measure)."""
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        if dtype in kinds:
+            return _DITHER[dtype]
+    return None
 _DITHER_SEED = 0x6D70  # a private generator: the global RNG is never drawn from
 
 

@@ -58,7 +58,14 @@ from gradguard.engine.numerics import (
 from gradguard.engine.sampling import allocate, sample_among_nonzero, sample_coordinates
 from gradguard.engine.screen import ScreenOutcome, screen
 from gradguard.engine.selection import Selection
-from gradguard.engine.spread import SPREAD_FACTOR, blinded_by_spread, spread_hint, tensor_spreads
+from gradguard.engine.spread import (
+    SPREAD_FACTOR,
+    blinded_by_spread,
+    screens_with_spread,
+    spread_hint,
+    spread_tolerance,
+    tensor_spreads,
+)
 from gradguard.engine.values import DenseValues, TensorValues
 from gradguard.engine.verdict import BLIND_FACTOR, NOISE_FACTOR, Evidence, allowance, classify
 from gradguard.errors import LossError, SettingsError
@@ -514,7 +521,11 @@ def run_check(
     run.tolerance = (
         settings.tolerance
         if settings.tolerance is not None
-        else max(default_tolerance(loss_dtype), default_gradient_tolerance(gradient_dtype))
+        else max(
+            default_tolerance(loss_dtype),
+            default_gradient_tolerance(gradient_dtype),
+            spread_tolerance(gradient_dtype, run.spreads),
+        )
     )
     loss_b = run.loss()
     run.jitter = abs(loss_b - loss_a)
@@ -737,7 +748,8 @@ def _screens(run: _Run, n_directions: int) -> bool:
         # A half-precision gradient's measured spread is calibrated per tensor
         # (benchmarks/bench_mixed_precision.py); screened jointly, the spreads add in
         # quadrature and a 5% backward bug under autocast passed: probed per tensor instead.
-        and not bool(np.any(run.spreads > 0.0))
+        # A float32 gradient's spreads (~1e-4 of a tensor's gradient at worst) screen.
+        and (screens_with_spread(run.view.gradient_dtype) or not bool(np.any(run.spreads > 0.0)))
     )
 
 

@@ -27,13 +27,56 @@ import numpy.typing as npt
 from gradguard.engine.layout import Layout
 from gradguard.engine.verdict import BLIND_FACTOR, NOISE_FACTOR, Evidence
 
-__all__ = ["SPREAD_FACTOR", "blinded_by_spread", "joint_spread", "spread_hint", "tensor_spreads"]
+__all__ = [
+    "SPREAD_FACTOR",
+    "blinded_by_spread",
+    "joint_spread",
+    "screens_with_spread",
+    "spread_hint",
+    "spread_tolerance",
+    "tensor_spreads",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
 # Allowed disagreement per probe in units of the tensor's measured spread (RMS of the
 # difference between two roundings of the gradient). See docs/numerics.md for the zoo.
 SPREAD_FACTOR = 2.0
+
+
+def screens_with_spread(gradient_dtype: npt.DTypeLike) -> bool:
+    """Whether a gradient of this dtype, with a measured spread, may be screened jointly.
+
+    A float32 (or more precise) gradient's spreads are small (at most ~1e-4 of a tensor's
+    gradient, docs/numerics.md): added in quadrature over every tensor of a joint probe they
+    still leave a 0.1% bug ten times above them. A half-precision gradient's spreads (4-40%)
+    hid a 5% autocast bug in a joint probe: it is probed per tensor.
+    """
+    return float(np.finfo(np.dtype(gradient_dtype)).eps) <= _FLOAT32_EPS
+
+
+_FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+# The default tolerance of a float32 gradient whose round-off is measured. Trained to a low
+# loss (a GPT-style decoder, 100-200 AdamW steps on its batch), a float32 gradient is 1e-5 to
+# 4e-4 of a tensor's norm off the exact one in the tensors whose sums cancel (biases, the last
+# LayerNorm; docs/numerics.md): judged at the float32 gradient's a-priori 1e-5, those tensors
+# are blinded by their own spread (inconclusive). A 0.1% error (relative difference 5e-4)
+# stays 5x above 1e-4.
+_FLOAT32_SPREAD_TOLERANCE = 1e-4
+
+
+def spread_tolerance(gradient_dtype: npt.DTypeLike, spreads: FloatArray) -> float:
+    """The smallest default tolerance for a gradient with these measured spreads (0: none).
+
+    Half-precision gradients keep their own (``default_gradient_tolerance``, calibrated with
+    their spreads); a float32 gradient with a measured spread is judged at 1e-4.
+    """
+    if not bool(np.any(spreads > 0.0)) or not screens_with_spread(gradient_dtype):
+        return 0.0
+    if float(np.finfo(np.dtype(gradient_dtype)).eps) < _FLOAT32_EPS:
+        return 0.0  # a float64 gradient's spread (none is measured today) keeps its tolerance
+    return _FLOAT32_SPREAD_TOLERANCE
 
 
 def tensor_spreads(spread: FloatArray | None, layout: Layout) -> FloatArray:

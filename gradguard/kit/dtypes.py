@@ -18,6 +18,7 @@ from gradguard.kit.notes import LOSS_PRECISION
 __all__ = [
     "Tf32Switch",
     "bfloat16",
+    "carried_precision",
     "float64_flat",
     "judged_dtype",
     "least_precise",
@@ -26,6 +27,35 @@ __all__ = [
 
 _BITS: dict[np.dtype[Any], int] = {}
 _EPS: dict[np.dtype[Any], float] = {}
+
+
+# A float64 vector carries float32 precision when every value is a float32 number and at least
+# this many are not float16 numbers too (a float64 gradient of round values, 1.0 or 0.25,
+# is a float32 number by accident; a float64 value that is a float32 one by chance: 2**-29).
+_FINE_VALUES = 8
+_CARRIED_SHARE = 0.5
+
+
+def carried_precision(values: npt.NDArray[np.float64]) -> np.dtype[Any]:
+    """The precision a float64 vector's values carry: float32 or float64.
+
+    A gradient computed in float32 and handed over as float64 (a PyTorch ``grad`` callable
+    that clones ``p.grad`` inside the float64 shadow, a float32 NumPy backprop cast up) is
+    float64 by its dtype and float32 by its values; judged as float64, its float32 rounding
+    reads as a disagreement. Only values decide: of the values finer than float16 (round
+    values are float32 numbers in any dtype), at least 8, and most of them float32 numbers.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        single = values.astype(np.float32)
+        fine = single.astype(np.float16).astype(np.float32) != single
+        exact = single.astype(np.float64) == values
+    fine_count = int(np.count_nonzero(fine))
+    if fine_count < _FINE_VALUES:
+        return np.dtype(np.float64)
+    # Most, not all: a planted or hand-made change in float64 (one tensor scaled by 1.001 after
+    # the float32 backward) leaves the rest float32 numbers; a float64 gradient has ~none.
+    carried = int(np.count_nonzero(fine & exact)) >= _CARRIED_SHARE * fine_count
+    return np.dtype(np.float32 if carried else np.float64)
 
 
 def precision_bits(dtype: npt.DTypeLike) -> int:
