@@ -7,6 +7,7 @@ float32 path (a dtype-dispatched fused kernel) is caught, and the correct zoo ra
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from torch import nn
 import gradguard as gg
 from gradguard.engine import Settings, run_check
 from gradguard_torch import TorchAdapter
+
+torch.set_num_threads(1)  # tiny models: one intra-op thread is as fast, and spins less
 
 
 class _Linear(torch.autograd.Function):
@@ -179,8 +182,10 @@ class _TinyDecoder(nn.Module):
         return out
 
 
+@functools.cache
 def _trained_decoder(seed: int, steps: int, missing: bool | None = None) -> tuple[nn.Module, Any]:
-    """The tiny decoder after ``steps`` AdamW steps on its fixed batch (16 x 32 tokens)."""
+    """The tiny decoder after ``steps`` AdamW steps on its fixed batch (16 x 32 tokens), once
+    per argument (a check leaves it bit-identical)."""
     torch.manual_seed(seed)
     model = _TinyDecoder(missing)
     idx = torch.randint(0, 64, (16, 33))
@@ -197,13 +202,13 @@ def _trained_decoder(seed: int, steps: int, missing: bool | None = None) -> tupl
 
 
 @pytest.mark.parametrize("strategy", ["screen", "per-tensor"])
-@pytest.mark.parametrize("seed", [1, 3])
+@pytest.mark.parametrize("seed", [2, 3])
 def test_a_trained_decoder_float32_gradient_raises_no_false_alarm(seed: int, strategy: str) -> None:
     """After training, a bias's gradient is a float32 sum over 512 positions that cancels:
     1e-5 to 1e-4 of it is round-off, beyond any a-priori float32 bound (these failed as "a
     wrong constant factor" before). The native gradient's round-off is measured (its spread)
     and allowed for; the default check still screens."""
-    model, loss = _trained_decoder(seed, 50)
+    model, loss = _trained_decoder(seed, 150)
     report = gg.check(loss, model, seed=seed, strategy=strategy)
     assert report.passed, str(report)
     assert report.notes["gradient_dtype"] == "float32"
@@ -216,10 +221,10 @@ def test_a_trained_decoder_bug_is_still_caught_and_localized() -> None:
     """The spread does not hide a real bug after training: a LayerNorm Function missing a term
     fails the embedding upstream of it only, and 0.1% on one weight's given float32 gradient
     fails that weight only."""
-    broken, loss = _trained_decoder(1, 50, missing=True)
-    report = gg.check(loss, broken, seed=1)
+    broken, loss = _trained_decoder(2, 150, missing=True)
+    report = gg.check(loss, broken, seed=2)
     assert report.failed == ("tok.weight",), str(report)
-    model, loss = _trained_decoder(1, 50)
+    model, loss = _trained_decoder(2, 150)
     params = dict(model.named_parameters())
 
     def grad(_: Any) -> dict[str, torch.Tensor]:
@@ -232,6 +237,6 @@ def test_a_trained_decoder_bug_is_still_caught_and_localized() -> None:
         out["fc1.weight"] *= 1.001
         return out
 
-    report = gg.check(loss, model, grad, seed=1)
+    report = gg.check(loss, model, grad, seed=2)
     assert report.failed == ("fc1.weight",), str(report)
     assert report.notes["gradient_dtype"] == "float32"
