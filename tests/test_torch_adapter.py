@@ -239,7 +239,8 @@ def test_float32_model_is_evaluated_in_a_float64_shadow_that_never_leaks(data: A
     before = state_bytes(model)
     report = gg.check(lambda m: F.mse_loss(m(x), y), model, seed=0)
     assert report.passed
-    assert report.dtype == "float64" and report.tolerance == 1e-5  # a float32 gradient
+    # a float32 gradient, its round-off measured (gradguard.engine.spread): judged at 1e-4
+    assert report.dtype == "float64" and report.tolerance == 1e-4
     assert report.notes["gradient_dtype"] == "float32"
     assert {p.dtype for p in report.params} == {"float32"}
     assert report.notes["evaluation"] == "float64 shadow copy"
