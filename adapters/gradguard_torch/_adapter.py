@@ -772,9 +772,7 @@ class TorchView(FlatView):
                 unit = _dither_unit(kinds)
                 scalar = loss.reshape(())
                 measure = unit is not None
-                grads = torch.autograd.grad(
-                    scalar, params, allow_unused=True, retain_graph=measure
-                )
+                grads = torch.autograd.grad(scalar, params, allow_unused=True, retain_graph=measure)
                 rescaled = _rescaled_gradient(scalar, params) if measure else None
                 if rescaled is not None:
                     assert unit is not None
@@ -1237,6 +1235,8 @@ def _dither_unit(kinds: set[torch.dtype | None]) -> float | None:
         if dtype in kinds:
             return _DITHER[dtype]
     return None
+
+
 _DITHER_SEED = 0x6D70  # a private generator: the global RNG is never drawn from
 
 
