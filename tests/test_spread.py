@@ -1,4 +1,4 @@
-"""The measured spread of a half-precision gradient (gradguard.engine.spread)."""
+"""The measured spread of a half-precision or float32 gradient (gradguard.engine.spread)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from gradguard.engine.spread import (
     SPREAD_FACTOR,
     blinded_by_spread,
     joint_spread,
+    screens_with_spread,
     spread_hint,
+    spread_tolerance,
     tensor_spreads,
 )
 from gradguard.engine.verdict import Evidence
@@ -45,3 +47,16 @@ def test_a_spread_larger_than_the_tolerance_blinds_and_the_hint_says_why() -> No
     assert not blinded_by_spread(e, 1e-4)
     assert not blinded_by_spread(e, 0.0)
     assert "bfloat16 gradient's own rounding" in spread_hint(e, 0.5, "bfloat16")
+
+
+def test_float32_spreads_screen_and_set_the_tolerance_half_precision_ones_do_not() -> None:
+    """A float32 gradient with a measured spread screens jointly and is judged at 1e-4 (its
+    own error after training reaches ~1e-4); a half-precision one is probed per tensor at its
+    own calibrated tolerance; no spread, no change."""
+    measured, none = np.array([0.0, 1e-9]), np.zeros(2)
+    assert screens_with_spread(np.float32) and screens_with_spread(np.float64)
+    assert not screens_with_spread(np.float16)
+    assert spread_tolerance(np.float32, measured) == 1e-4
+    assert spread_tolerance(np.float32, none) == 0.0
+    assert spread_tolerance(np.float16, measured) == 0.0
+    assert spread_tolerance(np.float64, measured) == 0.0

@@ -670,7 +670,7 @@ def run_check(
     elif settings.strategy == "screen":
         notes["strategy"] = (
             "per-tensor (a half-precision gradient's measured spread is judged per tensor)"
-            if np.any(run.spreads > 0.0)
+            if np.any(run.spreads > 0.0) and not screens_with_spread(view.gradient_dtype)
             else "per-tensor (screening needs directions and a view that perturbs tensors jointly)"
         )
     return CheckReport(
