@@ -2,8 +2,8 @@
 
 JAX arrays are immutable, so the user's params are never written: the view is the kit's
 :class:`~gradguard.kit.buffered.BufferedView` (the engine's writes land in host-side working
-copies), and each evaluation hands the compiled loss the checked tensors as arguments, the one
-perturbed tensor among them. Gradients are checked by the kit's one validator
+copies), and each evaluation hands the compiled loss the checked tensors as arguments, the
+perturbed ones among them (one for a per-tensor probe, several or all for a joint one). Gradients are checked by the kit's one validator
 (:func:`~gradguard.kit.gradients.flatten_gradient`), notes keyed by :mod:`gradguard.kit.notes`.
 """
 
@@ -72,6 +72,9 @@ class JaxView(BufferedView):
     """A flat view over a JAX pytree, Flax NNX module or Equinox module."""
 
     adapter = "jax"
+    # Every checked tensor is an argument of each compiled evaluation: a joint probe passes
+    # several perturbed ones at once, at the cost of one.
+    joint_writes = True
 
     def __init__(self, params: Any, loss: Callable[..., Any], grad: Any, precision: str) -> None:
         kind = kind_of(params)
@@ -207,14 +210,15 @@ class JaxView(BufferedView):
     def evaluate(self) -> float:
         program = self._ensure_program()
         checked = self._checked
-        change = self.perturbation
-        if change is not None:
+        changes = self.perturbations
+        if changes:
             checked = list(checked)
             # A NumPy copy goes to the compiled call as it is (JAX's C++ path transfers it,
             # faster than jnp.array); a copy, because the working buffer changes under the
             # next probe and the CPU backend may alias NumPy memory.
-            shape = self.layout[change.segment].shape
-            checked[change.segment] = change.values.reshape(shape).copy()
+            for change in changes:
+                shape = self.layout[change.segment].shape
+                checked[change.segment] = change.values.reshape(shape).copy()
         value = program.evaluate(checked, self._others)
         return scalar_loss_value(np.asarray(value))
 

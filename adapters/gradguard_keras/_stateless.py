@@ -106,12 +106,15 @@ class StatelessView(BufferedView):
     """A flat view of a Keras model's trainable variables, evaluated statelessly.
 
     The kit's :class:`~gradguard.kit.buffered.BufferedView` holds the perturbed copies; each
-    evaluation passes every trainable value to ``stateless_call``, the perturbed one among
-    them. On the JAX backend the loss and its gradient are ``jax.jit``-compiled once per
+    evaluation passes every trainable value to ``stateless_call``, the perturbed ones among
+    them (several at once for a joint probe). On the JAX backend the loss and its gradient are ``jax.jit``-compiled once per
     check (every value an argument, so a probe does not retrace); elsewhere they run eagerly.
     """
 
     adapter = "keras"
+    # stateless_call takes every trainable value at once: a joint probe passes several
+    # perturbed ones in one evaluation.
+    joint_writes = True
 
     def __init__(self, probe: KerasProbe, loss: Any, grad: Any) -> None:
         model = probe.model
@@ -172,8 +175,7 @@ class StatelessView(BufferedView):
 
     def evaluate(self) -> float:
         trainable = list(self._tensors)
-        change = self.perturbation
-        if change is not None:
+        for change in self.perturbations:
             # A copy: the working buffer changes under the next probe, and a backend may
             # alias NumPy memory.
             shape = self.layout[change.segment].shape

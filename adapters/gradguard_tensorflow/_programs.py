@@ -16,12 +16,18 @@ Two kinds, chosen per check by :class:`~gradguard_tensorflow._view.TensorFlowVie
   original is assigned back. Other variables the traced loss writes are reset too.
 
 Both take the perturbation as two arguments, ``(probe, dense)``. ``probe`` is a float64
-vector ``[seg, i_1 .. i_k, v_1 .. v_k]``: segment ``seg`` with values ``v`` at flat positions
-``i`` (a coordinate probe: the function scatters them into a copy of the original tensor;
-``seg = -1``: nothing perturbed), or, for ``seg = count + t``, segment ``t`` replaced by
-``dense``, the whole flat tensor (a direction). One small tensor per evaluation keeps the
-per-call cost down: each argument converted and passed costs ~15 us, as much as a copy of
-a 100,000-element tensor.
+vector ``[seg, o_0 .. o_{T-1}, i_1 .. i_k, v_1 .. v_k]`` for ``T`` checked tensors:
+
+- ``o_t >= 0``: tensor ``t`` is replaced by ``dense[o_t : o_t + n_t]`` (a whole-tensor write:
+  a direction; a joint probe sets several offsets, ``dense`` being the perturbed tensors
+  one after the other, so one call carries every tensor of a joint probe);
+- ``seg = t``: values ``v`` at flat positions ``i`` scattered into a copy of tensor ``t``
+  (a coordinate probe: one element and its value, cheap to transfer);
+- ``o_t = -1`` and ``seg != t``: tensor ``t`` as it was (``seg = -1``, every ``o_t = -1``:
+  nothing perturbed).
+
+One small tensor per evaluation keeps the per-call cost down: each argument converted and
+passed costs ~15 us, as much as a copy of a 100,000-element tensor.
 """
 
 from __future__ import annotations
@@ -113,39 +119,46 @@ def _transport(dtypes: Sequence[Any]) -> Any:
     return distinct.pop() if len(distinct) == 1 else tf.float64
 
 
-def _perturbed(value: Any, t: int, count: int, seg: Any, idx: Any, upd: Any, dense: Any) -> Any:
-    """``value`` (segment ``t`` of ``count``) as the perturbation arguments say.
+def _perturbed(value: Any, t: int, probe: Probe) -> Any:
+    """``value`` (checked tensor ``t``) as the perturbation arguments say.
 
-    ``seg == t``: ``upd`` scattered at flat positions ``idx`` of a copy; ``seg == count + t``:
-    replaced by ``dense``; anything else: ``value`` itself (no copy). The choice is made on
-    ``seg`` alone: a predicate on the size of ``dense`` is mis-folded by Grappler in
-    TensorFlow 2.21 (the wrong branch runs for an empty input).
+    ``o_t >= 0``: replaced by its slice of ``dense``; ``seg == t``: ``upd`` scattered at flat
+    positions ``idx`` of a copy; anything else: ``value`` itself (no copy). The choice is made
+    on the probe vector alone: a predicate on the size of ``dense`` is mis-folded by Grappler
+    in TensorFlow 2.21 (the wrong branch runs for an empty input).
     """
-    shape = value.shape
+    shape = value.shape  # a variable's: fully defined
+    offset = probe.offsets[t]
+
+    def whole() -> Any:
+        part = tf.slice(probe.dense, tf.reshape(offset, [1]), [shape.num_elements()])
+        return tf.reshape(tf.cast(part, value.dtype), shape)
 
     def scattered() -> Any:
         flat = tf.reshape(value, [-1])
-        return tf.reshape(tf.tensor_scatter_nd_update(flat, idx, tf.cast(upd, value.dtype)), shape)
-
-    def whole() -> Any:
-        return tf.reshape(tf.cast(dense, value.dtype), shape)
+        update = tf.tensor_scatter_nd_update(flat, probe.idx, tf.cast(probe.upd, value.dtype))
+        return tf.reshape(update, shape)
 
     def other() -> Any:
-        return tf.cond(tf.equal(seg, count + t), whole, lambda: tf.identity(value))
+        return tf.cond(tf.equal(probe.seg, t), scattered, lambda: tf.identity(value))
 
-    return tf.cond(tf.equal(seg, t), scattered, other)
-
-
-def _unpack(probe: Any) -> tuple[Any, Any, Any]:
-    """``(seg, idx, upd)`` from a probe vector ``[seg, i_1 .. i_k, v_1 .. v_k]``."""
-    seg = tf.cast(probe[0], tf.int32)
-    k = (tf.size(probe) - 1) // 2
-    idx = tf.reshape(tf.cast(probe[1 : 1 + k], tf.int64), [-1, 1])
-    return seg, idx, probe[1 + k :]
+    return tf.cond(offset >= 0, whole, other)
 
 
-def _is_perturbed(seg: Any, t: int, count: int) -> Any:
-    return tf.logical_or(tf.equal(seg, t), tf.equal(seg, count + t))
+class Probe:
+    """The perturbation arguments ``(probe, dense)`` unpacked inside a traced function."""
+
+    def __init__(self, probe: Any, dense: Any, count: int) -> None:
+        self.seg = tf.cast(probe[0], tf.int64)
+        self.offsets = tf.cast(probe[1 : 1 + count], tf.int64)
+        k = (tf.size(probe) - 1 - count) // 2
+        self.idx = tf.reshape(tf.cast(probe[1 + count : 1 + count + k], tf.int64), [-1, 1])
+        self.upd = probe[1 + count + k :]
+        self.dense = dense
+
+    def touches(self, t: int) -> Any:
+        """Whether tensor ``t`` differs from its original in this evaluation."""
+        return tf.logical_or(self.offsets[t] >= 0, tf.equal(self.seg, t))
 
 
 def _dense(grads: Sequence[Any]) -> list[Any]:
@@ -323,13 +336,10 @@ class StatelessFunctions:
             return [v.read_value() for v in variables]
 
         def evaluate(probe: Any, dense: Any) -> Any:
-            seg, idx, upd = _unpack(probe)
             values = read(self.value_variables)
             state_values = read(self.state_variables)
-            count = len(values)
-            chosen = [
-                _perturbed(value, t, count, seg, idx, upd, dense) for t, value in enumerate(values)
-            ]
+            unpacked = Probe(probe, dense, len(values))
+            chosen = [_perturbed(value, t, unpacked) for t, value in enumerate(values)]
             with protected(scope(chosen, state_values)):
                 out = scalar_loss(loss(params))
             self.written.reset()
@@ -605,14 +615,11 @@ class AssignProgram(Program):
             return scope
 
         def evaluate(probe: Any, dense: Any) -> Any:
-            seg, idx, upd = _unpack(probe)
-            count = len(resources)
+            unpacked = Probe(probe, dense, len(resources))
             for t, (variable, original) in enumerate(zip(resources, originals, strict=True)):
                 tf.cond(
-                    _is_perturbed(seg, t, count),
-                    lambda v=variable, o=original, t=t: _assign(
-                        v, _perturbed(o, t, count, seg, idx, upd, dense)
-                    ),
+                    unpacked.touches(t),
+                    lambda v=variable, o=original, t=t: _assign(v, _perturbed(o, t, unpacked)),
                     lambda: tf.constant(False),
                 )
             with protected(scope()):
@@ -620,7 +627,7 @@ class AssignProgram(Program):
             # Automatic control dependencies order these writes after the loss's reads.
             for t, (variable, original) in enumerate(zip(resources, originals, strict=True)):
                 tf.cond(
-                    _is_perturbed(seg, t, count),
+                    unpacked.touches(t),
                     lambda v=variable, o=original: _assign(v, o),
                     lambda: tf.constant(False),
                 )

@@ -66,6 +66,9 @@ class TensorFlowView(BufferedView):
     """
 
     adapter = "tensorflow"
+    # One compiled call carries every perturbed tensor (_programs.py: the probe's offsets into
+    # ``dense``), so a joint probe costs one evaluation, as in PyTorch.
+    joint_writes = True
 
     def __init__(
         self,
@@ -99,9 +102,9 @@ class TensorFlowView(BufferedView):
         self._program: Program | None = None
         self._notes: Notes = {}
         self._why: list[str] = []  # why the evaluation is not the default one
-        self._segment_tensors: dict[int, Any] = {}
         self._none: tuple[Any, Any] | None = None
         self._empty: Any = None
+        self._blank = np.empty(0)  # the probe vector of "nothing perturbed"
         # TF32 last: nothing after it can fail, so restore() always runs when it was changed.
         self._tf32 = Tf32Switch.off()
 
@@ -233,30 +236,38 @@ class TensorFlowView(BufferedView):
         return self._ensure_program().value_dtypes[segment]
 
     def _perturbation(self, program: Program) -> tuple[Any, Any]:
-        """The ``(probe, dense)`` arguments for the current perturbation."""
+        """The ``(probe, dense)`` arguments for the current perturbations (_programs.py has
+        the format): one sparse tensor's touched elements, or every perturbed tensor whole."""
+        count = len(self._slots)
         if self._none is None:
             self._empty = tf.zeros([0], program.transport)
-            self._none = (tf.constant([-1.0], tf.float64), self._empty)
-        change = self.perturbation
-        if change is None:
+            self._blank = np.full(1 + count, -1.0)
+            self._none = (tf.constant(self._blank), self._empty)
+        changes = self.perturbations
+        if not changes:
             return self._none
-        if change.is_sparse():
+        if len(changes) == 1 and changes[0].is_sparse():
+            change = changes[0]
             touched = change.touched
             assert touched is not None  # sparse means a known set of positions
-            probe = np.empty(1 + 2 * touched.size)
+            head = 1 + count
+            probe = np.empty(head + 2 * touched.size)
+            probe[:head] = self._blank
             probe[0] = change.segment
-            probe[1 : 1 + touched.size] = touched
-            probe[1 + touched.size :] = change.touched_values
+            probe[head : head + touched.size] = touched
+            probe[head + touched.size :] = change.touched_values
             return tf.constant(probe), self._empty
-        dense = tf.constant(change.values.astype(program.transport.as_numpy_dtype, copy=False))
-        # Segment numbers from len(layout) on ask for the whole tensor to be replaced.
-        return self._whole(len(self._slots) + change.segment), dense
-
-    def _whole(self, number: int) -> Any:
-        tensor = self._segment_tensors.get(number)
-        if tensor is None:
-            tensor = self._segment_tensors[number] = tf.constant([float(number)], tf.float64)
-        return tensor
+        probe = self._blank.copy()
+        offset = 0
+        for change in changes:
+            probe[1 + change.segment] = offset
+            offset += change.values.size
+        transport = program.transport.as_numpy_dtype
+        if len(changes) == 1:
+            dense = changes[0].values.astype(transport, copy=False)
+        else:
+            dense = np.concatenate([c.values.astype(transport, copy=False) for c in changes])
+        return tf.constant(probe), tf.constant(dense)
 
     def evaluate(self) -> float:
         program = self._ensure_program()

@@ -34,8 +34,18 @@ A compiled evaluation would instead pass ``(change.segment, change.touched,
 change.touched_values)`` when ``change.is_sparse()`` (one element and its value, cheap to
 transfer), and ``change.values`` otherwise.
 
-The engine perturbs one tensor at a time (the call order in :mod:`gradguard.kit.contract`);
-a buffered view enforces it, since an evaluation can only carry one perturbed tensor.
+The engine perturbs one tensor at a time (the call order in :mod:`gradguard.kit.contract`),
+and a buffered view enforces it, unless the subclass sets
+:attr:`~gradguard.kit.contract.FlatView.joint_writes`: then any number of tensors may be
+perturbed at once (joint screening writes whole tensors, several or all of them), and
+``evaluate`` reads :attr:`BufferedView.perturbations`, one :class:`Perturbation` per changed
+tensor, instead. Such an evaluation hands the loss every perturbed tensor::
+
+    def evaluate(self):
+        leaves = list(self._leaves)
+        for change in self.perturbations:  # () when nothing is perturbed
+            leaves[change.segment] = change.values.reshape(self.saved[change.segment].shape)
+        return scalar_loss_value(self._loss(leaves))
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ touched positions and their values is then cheaper than sending the whole tensor
 
 @attrs.frozen
 class Perturbation:
-    """The one tensor that differs from its original values right now, and where.
+    """A tensor that differs from its original values right now, and where.
 
     Attributes:
         segment: The tensor's position in the layout.
@@ -105,8 +115,9 @@ class BufferedView(FlatView):
             self.saved.append(original)
         self._originals: dict[int, npt.NDArray[Any]] = {}
         self._work: dict[int, npt.NDArray[Any]] = {}
-        self._dirty: int | None = None
-        self._touched: IndexArray | None = None
+        # The perturbed tensors and, per tensor, the flat positions that may differ from the
+        # original (None: any position; a whole-tensor write).
+        self._dirty: dict[int, IndexArray | None] = {}
 
     # -- for the subclass -----------------------------------------------------------------
 
@@ -120,17 +131,38 @@ class BufferedView(FlatView):
 
     @property
     def perturbation(self) -> Perturbation | None:
-        """What the next evaluation must see changed, or ``None``: every tensor as it was."""
-        if self._dirty is None:
+        """What the next evaluation must see changed, or ``None``: every tensor as it was.
+
+        For a view that perturbs one tensor at a time. With several tensors perturbed at once
+        (a view with ``joint_writes``) read :attr:`perturbations`.
+
+        Raises:
+            RuntimeError: more than one tensor is perturbed.
+        """
+        if not self._dirty:
             return None
-        return Perturbation(self._dirty, self._work[self._dirty], self._touched)
+        if len(self._dirty) > 1:
+            raise RuntimeError(
+                f"{len(self._dirty)} tensors are perturbed at once; a view with joint_writes "
+                "reads BufferedView.perturbations, not .perturbation"
+            )
+        ((segment, touched),) = self._dirty.items()
+        return Perturbation(segment, self._work[segment], touched)
+
+    @property
+    def perturbations(self) -> tuple[Perturbation, ...]:
+        """Every tensor the next evaluation must see changed, in layout order (``()``: none)."""
+        dirty = self._dirty
+        if len(dirty) == 1:
+            ((segment, touched),) = dirty.items()
+            return (Perturbation(segment, self._work[segment], touched),)
+        return tuple(Perturbation(s, self._work[s], dirty[s]) for s in sorted(dirty))
 
     def discard_buffers(self) -> None:
         """Drop the working copies: every tensor reads as its original again."""
         self._work.clear()
         self._originals.clear()
-        self._dirty = None
-        self._touched = None
+        self._dirty.clear()
 
     # -- FlatView -------------------------------------------------------------------------
 
@@ -151,11 +183,13 @@ class BufferedView(FlatView):
         return cached
 
     def _buffer(self, segment: int) -> npt.NDArray[Any]:
-        """The tensor's working copy, for a write; refuses a second perturbed tensor."""
-        if self._dirty is not None and self._dirty != segment:
+        """The tensor's working copy, for a write; refuses a second perturbed tensor unless
+        the view writes jointly."""
+        if self._dirty and segment not in self._dirty and not self.joint_writes:
+            other = next(iter(self._dirty))
             raise RuntimeError(
                 f"{self.layout[segment].name!r} was written while "
-                f"{self.layout[self._dirty].name!r} was still perturbed; the FlatView call "
+                f"{self.layout[other].name!r} was still perturbed; the FlatView call "
                 "order allows one perturbed tensor at a time (reset it first)"
             )
         work = self._work.get(segment)
@@ -166,20 +200,21 @@ class BufferedView(FlatView):
     def _mark(self, segment: int, index: IndexArray | None) -> None:
         """Record that ``index`` of ``segment`` (``None``: all of it) may now differ."""
         if index is None:
-            self._touched = None
-        elif self._dirty is None:
-            self._touched = np.unique(index)  # a private copy, sorted and distinct
-        elif self._touched is not None and not _covers(self._touched, index):
-            self._touched = np.union1d(self._touched, index)
-        self._dirty = segment
+            self._dirty[segment] = None
+        elif segment not in self._dirty:
+            self._dirty[segment] = np.unique(index)  # a private copy, sorted and distinct
+        else:
+            touched = self._dirty[segment]
+            if touched is not None and not _covers(touched, index):
+                self._dirty[segment] = np.union1d(touched, index)
 
     def _unmark(self, segment: int, index: IndexArray | None) -> None:
         """After a reset of ``index``: clean again if it covered every touched position."""
-        if self._dirty != segment:
+        if segment not in self._dirty:
             return
-        if index is None or (self._touched is not None and _covers(index, self._touched)):
-            self._dirty = None
-            self._touched = None
+        touched = self._dirty[segment]
+        if index is None or (touched is not None and _covers(index, touched)):
+            del self._dirty[segment]
 
     def write(self, segment: int, index: IndexArray | None, values: FloatArray) -> FloatArray:
         work = self._buffer(segment)
@@ -209,9 +244,8 @@ class BufferedView(FlatView):
     def write_element(self, segment: int, local: int, value: float) -> float:
         work = self._buffer(segment)
         work[local] = value
-        if self._dirty is None:
-            self._touched = np.array([local], dtype=np.intp)
-            self._dirty = segment
+        if segment not in self._dirty:
+            self._dirty[segment] = np.array([local], dtype=np.intp)
         else:
             self._mark(segment, np.array([local], dtype=np.intp))
         return float(work[local])
