@@ -6,7 +6,7 @@ is 1.5x too large is caught during ``fit`` and the layer feeding it is named; wi
 rule the checks pass, and the trained weights are bit-identical to a ``fit`` without the
 callback. One callback class; what it checks through is the backend's best: the TensorFlow
 adapter's compiled float64 trace on TensorFlow, Keras's stateless API elsewhere (compiled
-with ``jax.jit`` under JAX).
+with ``jax.jit`` under JAX); on each, the default check screens the tensors jointly.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ def test_callback_catches_a_custom_gradient_bug_and_leaves_training_bit_identica
     assert "buggy failed sequential/hidden/bias,sequential/hidden/kernel" in lines
     assert "correct checks 2 passed True" in lines
     assert "bit-identical True" in lines
+    # Joint screening on every backend: the views pass every perturbed tensor at once.
+    assert "buggy strategy screen" in lines and "strategy screen" in lines
+    assert "screened jointly 4 of 4" in lines
     expected = {
         "tensorflow": ("tensorflow", "float64 trace"),
         "jax": ("keras", "float32 (the variables' own dtype), stateless_call, compiled (jax.jit)"),

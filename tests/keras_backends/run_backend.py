@@ -70,6 +70,7 @@ def main() -> None:
     buggy.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
     print("buggy checks", len(cb.reports))
     print("buggy failed", ",".join(sorted(set().union(*(r.failed for r in cb.reports)))))
+    print("buggy strategy", ",".join(sorted({str(r.notes.get("strategy")) for r in cb.reports})))
 
     plain = build(1.0)
     plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
@@ -79,6 +80,9 @@ def main() -> None:
     print("correct checks", len(cb.reports), "passed", all(r.passed for r in cb.reports))
     print("bit-identical", weights(plain) == weights(guarded))
     print("adapter", cb.reports[0].adapter)
+    print("strategy", ",".join(sorted({str(r.notes.get("strategy")) for r in cb.reports})))
+    screened = min(sum(p.judged_by == "screen" for p in r.params) for r in cb.reports)
+    print("screened jointly", screened, "of", len(cb.reports[0].params))
     print("evaluation", cb.reports[0].notes.get("evaluation"))
 
 
