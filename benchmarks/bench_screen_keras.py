@@ -115,10 +115,12 @@ class Block(keras.layers.Layer):
         self.fc2 = BuggyDense(D_MODEL, bugs.get("fc2", ""), name=f"{name}_fc2")
 
     def call(self, x: Any) -> Any:
-        b, t, d = x.shape
+        _, t, d = x.shape
         dh = d // HEADS
-        q, k, v = ops.split(self.qkv(self.ln1(x)), 3, axis=-1)
-        q, k, v = (ops.transpose(ops.reshape(z, (-1, t, HEADS, dh)), (0, 2, 1, 3)) for z in (q, k, v))
+        q, k, v = (
+            ops.transpose(ops.reshape(z, (-1, t, HEADS, dh)), (0, 2, 1, 3))
+            for z in ops.split(self.qkv(self.ln1(x)), 3, axis=-1)
+        )
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / math.sqrt(dh)
         causal = np.tril(np.ones((t, t), dtype=bool))
         scores = ops.where(causal, scores, ops.cast(-1e9, scores.dtype))

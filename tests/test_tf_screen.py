@@ -82,13 +82,15 @@ def test_joint_writes_are_what_the_loss_sees_and_reset_restores_every_bit(kind: 
 
     def loss(vs: Any) -> Any:
         values = [tf.convert_to_tensor(v) for v in vs]  # float64 in a float64 trace
-        return sum(tf.reduce_sum(tf.cast(w, v.dtype) * v) for w, v in zip(weights, values))
+        return sum(
+            tf.reduce_sum(tf.cast(w, v.dtype) * v) for w, v in zip(weights, values, strict=True)
+        )
 
     dtype = np.float64 if kind == "keras" else np.float32
     tolerance = 1e-12 if kind == "keras" else 1e-5
 
     def expected(current: list[np.ndarray[Any, Any]]) -> float:
-        return sum(float(np.sum(w.reshape(-1) * c)) for w, c in zip(weights, current))
+        return sum(float(np.sum(w.reshape(-1) * c)) for w, c in zip(weights, current, strict=True))
 
     originals: list[np.ndarray[Any, Any]] = []
     with TensorFlowView(variables, loss, None, "auto") as view:
@@ -169,7 +171,7 @@ def test_plain_variables_are_screened_by_dense_assigns_and_restored() -> None:
     def grad(p: dict[str, tf.Variable]) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
             value = loss(p)
-        g = dict(zip(p, tape.gradient(value, list(p.values()))))
+        g = dict(zip(p, tape.gradient(value, list(p.values())), strict=True))
         g["b"] = g["b"] * 1.1  # float32 evaluations: the tolerance is 1e-2
         return g
 
@@ -202,7 +204,7 @@ def test_keyboard_interrupt_during_a_joint_probe_leaves_every_variable_bit_ident
     def loss(params: Any) -> Any:
         # Eager (.numpy() cannot be traced): the variables as this evaluation sees them.
         now = [np.asarray(v.numpy()) for v in variables]
-        moved = sum(not np.array_equal(a, b) for a, b in zip(now, start))
+        moved = sum(not np.array_equal(a, b) for a, b in zip(now, start, strict=True))
         seen.append(moved)
         if moved >= 2:
             raise KeyboardInterrupt

@@ -3,7 +3,8 @@
 JAX arrays are immutable, so the user's params are never written: the view is the kit's
 :class:`~gradguard.kit.buffered.BufferedView` (the engine's writes land in host-side working
 copies), and each evaluation hands the compiled loss the checked tensors as arguments, the
-perturbed ones among them (one for a per-tensor probe, several or all for a joint one). Gradients are checked by the kit's one validator
+perturbed ones among them (one for a per-tensor probe, several or all for a joint one).
+Gradients are checked by the kit's one validator
 (:func:`~gradguard.kit.gradients.flatten_gradient`), notes keyed by :mod:`gradguard.kit.notes`.
 """
 

@@ -107,8 +107,9 @@ class StatelessView(BufferedView):
 
     The kit's :class:`~gradguard.kit.buffered.BufferedView` holds the perturbed copies; each
     evaluation passes every trainable value to ``stateless_call``, the perturbed ones among
-    them (several at once for a joint probe). On the JAX backend the loss and its gradient are ``jax.jit``-compiled once per
-    check (every value an argument, so a probe does not retrace); elsewhere they run eagerly.
+    them (several at once for a joint probe). On the JAX backend the loss and its gradient
+    are ``jax.jit``-compiled once per check (every value an argument, so a probe does not
+    retrace); elsewhere they run eagerly.
     """
 
     adapter = "keras"
