@@ -16,14 +16,15 @@ Two kinds, chosen per check by :class:`~gradguard_tensorflow._view.TensorFlowVie
   original is assigned back. Other variables the traced loss writes are reset too.
 
 Both take the perturbation as two arguments, ``(probe, dense)``. ``probe`` is a float64
-vector ``[seg, o_0 .. o_{T-1}, i_1 .. i_k, v_1 .. v_k]`` for ``T`` checked tensors:
+vector ``[o_0 .. o_{T-1}, s_1 .. s_k, i_1 .. i_k, v_1 .. v_k]`` for ``T`` checked tensors:
 
 - ``o_t >= 0``: tensor ``t`` is replaced by ``dense[o_t : o_t + n_t]`` (a whole-tensor write:
   a direction; a joint probe sets several offsets, ``dense`` being the perturbed tensors
   one after the other, so one call carries every tensor of a joint probe);
-- ``seg = t``: values ``v`` at flat positions ``i`` scattered into a copy of tensor ``t``
-  (a coordinate probe: one element and its value, cheap to transfer);
-- ``o_t = -1`` and ``seg != t``: tensor ``t`` as it was (``seg = -1``, every ``o_t = -1``:
+- otherwise the values ``v_j`` with ``s_j = t`` are scattered at flat positions ``i_j`` into a
+  copy of tensor ``t`` (coordinate probes: a few elements and their values, of one tensor or
+  of several at once, cheap to transfer);
+- ``o_t = -1`` and no ``s_j = t``: tensor ``t`` as it was (every ``o_t = -1`` and ``k = 0``:
   nothing perturbed).
 
 One small tensor per evaluation keeps the per-call cost down: each argument converted and
@@ -122,13 +123,14 @@ def _transport(dtypes: Sequence[Any]) -> Any:
 def _perturbed(value: Any, t: int, probe: Probe) -> Any:
     """``value`` (checked tensor ``t``) as the perturbation arguments say.
 
-    ``o_t >= 0``: replaced by its slice of ``dense``; ``seg == t``: ``upd`` scattered at flat
-    positions ``idx`` of a copy; anything else: ``value`` itself (no copy). The choice is made
-    on the probe vector alone: a predicate on the size of ``dense`` is mis-folded by Grappler
-    in TensorFlow 2.21 (the wrong branch runs for an empty input).
+    ``o_t >= 0``: replaced by its slice of ``dense``; some ``s_j == t``: those values scattered
+    at their flat positions into a copy; anything else: ``value`` itself (no copy). The choice
+    is made on the probe vector alone: a predicate on the size of ``dense`` is mis-folded by
+    Grappler in TensorFlow 2.21 (the wrong branch runs for an empty input).
     """
     shape = value.shape  # a variable's: fully defined
     offset = probe.offsets[t]
+    mine = tf.equal(probe.segments, t)
 
     def whole() -> Any:
         part = tf.slice(probe.dense, tf.reshape(offset, [1]), [shape.num_elements()])
@@ -136,11 +138,12 @@ def _perturbed(value: Any, t: int, probe: Probe) -> Any:
 
     def scattered() -> Any:
         flat = tf.reshape(value, [-1])
-        update = tf.tensor_scatter_nd_update(flat, probe.idx, tf.cast(probe.upd, value.dtype))
-        return tf.reshape(update, shape)
+        idx = tf.reshape(tf.boolean_mask(probe.idx, mine), [-1, 1])
+        upd = tf.cast(tf.boolean_mask(probe.upd, mine), value.dtype)
+        return tf.reshape(tf.tensor_scatter_nd_update(flat, idx, upd), shape)
 
     def other() -> Any:
-        return tf.cond(tf.equal(probe.seg, t), scattered, lambda: tf.identity(value))
+        return tf.cond(tf.reduce_any(mine), scattered, lambda: tf.identity(value))
 
     return tf.cond(offset >= 0, whole, other)
 
@@ -149,16 +152,16 @@ class Probe:
     """The perturbation arguments ``(probe, dense)`` unpacked inside a traced function."""
 
     def __init__(self, probe: Any, dense: Any, count: int) -> None:
-        self.seg = tf.cast(probe[0], tf.int64)
-        self.offsets = tf.cast(probe[1 : 1 + count], tf.int64)
-        k = (tf.size(probe) - 1 - count) // 2
-        self.idx = tf.reshape(tf.cast(probe[1 + count : 1 + count + k], tf.int64), [-1, 1])
-        self.upd = probe[1 + count + k :]
+        self.offsets = tf.cast(probe[:count], tf.int64)
+        k = (tf.size(probe) - count) // 3
+        self.segments = tf.cast(probe[count : count + k], tf.int64)
+        self.idx = tf.cast(probe[count + k : count + 2 * k], tf.int64)
+        self.upd = probe[count + 2 * k :]
         self.dense = dense
 
     def touches(self, t: int) -> Any:
         """Whether tensor ``t`` differs from its original in this evaluation."""
-        return tf.logical_or(self.offsets[t] >= 0, tf.equal(self.seg, t))
+        return tf.logical_or(self.offsets[t] >= 0, tf.reduce_any(tf.equal(self.segments, t)))
 
 
 def _dense(grads: Sequence[Any]) -> list[Any]:

@@ -237,36 +237,41 @@ class TensorFlowView(BufferedView):
 
     def _perturbation(self, program: Program) -> tuple[Any, Any]:
         """The ``(probe, dense)`` arguments for the current perturbations (_programs.py has
-        the format): one sparse tensor's touched elements, or every perturbed tensor whole."""
+        the format): the touched elements of sparsely perturbed tensors (coordinate probes,
+        one tensor's or several at once), every other perturbed tensor whole."""
         count = len(self._slots)
         if self._none is None:
             self._empty = tf.zeros([0], program.transport)
-            self._blank = np.full(1 + count, -1.0)
+            self._blank = np.full(count, -1.0)
             self._none = (tf.constant(self._blank), self._empty)
         changes = self.perturbations
         if not changes:
             return self._none
-        if len(changes) == 1 and changes[0].is_sparse():
-            change = changes[0]
+        sparse = [c for c in changes if c.is_sparse()]
+        whole = [c for c in changes if not c.is_sparse()]
+        k = sum(c.touched.size for c in sparse if c.touched is not None)
+        probe = np.empty(count + 3 * k)
+        probe[:count] = self._blank
+        at = count
+        for change in sparse:
             touched = change.touched
             assert touched is not None  # sparse means a known set of positions
-            head = 1 + count
-            probe = np.empty(head + 2 * touched.size)
-            probe[:head] = self._blank
-            probe[0] = change.segment
-            probe[head : head + touched.size] = touched
-            probe[head + touched.size :] = change.touched_values
+            n = touched.size
+            probe[at : at + n] = change.segment
+            probe[at + k : at + k + n] = touched
+            probe[at + 2 * k : at + 2 * k + n] = change.touched_values
+            at += n
+        if not whole:
             return tf.constant(probe), self._empty
-        probe = self._blank.copy()
         offset = 0
-        for change in changes:
-            probe[1 + change.segment] = offset
+        for change in whole:
+            probe[change.segment] = offset
             offset += change.values.size
         transport = program.transport.as_numpy_dtype
-        if len(changes) == 1:
-            dense = changes[0].values.astype(transport, copy=False)
+        if len(whole) == 1:
+            dense = whole[0].values.astype(transport, copy=False)
         else:
-            dense = np.concatenate([c.values.astype(transport, copy=False) for c in changes])
+            dense = np.concatenate([c.values.astype(transport, copy=False) for c in whole])
         return tf.constant(probe), tf.constant(dense)
 
     def evaluate(self) -> float:
