@@ -48,6 +48,8 @@ from gradguard.engine.hints import diagnose_failure, zero_hint
 from gradguard.engine.joint_coordinates import read_jointly
 from gradguard.engine.layout import Layout
 from gradguard.engine.numerics import (
+    GRADIENT_ULPS,
+    Difference,
     default_gradient_tolerance,
     default_step,
     default_tolerance,
@@ -114,9 +116,7 @@ _ROUNDOFF_ULPS = 4.0
 # The allowance for J(+) - J(-) in units of one evaluation's measured round-off (the
 # standard deviation pooled over the second look's probes).
 _LOSS_NOISE_SIGMAS = 5.0
-# The round-off of an analytic gradient computed in a less precise dtype than the loss, in
-# units of that dtype's round-off (float32 backprop: within 1 unit norm-wise on the zoo).
-_GRADIENT_ULPS = 32.0
+_GRADIENT_ULPS = GRADIENT_ULPS
 # The round-off floor at the model's gradient scale, for such a gradient (a bias before
 # BatchNorm: float32 sums that cancel to ~1e-8 where float64 gives 1e-17), relative to the
 # loss dtype's _FLOOR_ULPS: 4 x 16 units of the gradient dtype.
@@ -291,15 +291,7 @@ class _Probes:
     span: list[float] = attrs.Factory(list)  # x+ - x-, the difference's denominator
 
 
-class _Difference(NamedTuple):
-    """One central difference, with its one-sided halves and round-off estimate."""
-
-    numeric: float
-    analytic: float
-    forward: float
-    backward: float
-    roundoff: float
-    span: float
+_Difference = Difference
 
 
 class _Run:
@@ -834,7 +826,7 @@ def _coordinates_jointly(
         return {s: _probe(run, s, picks[s]) for s in chosen}
     first = len(run.probes.segment)
     for (s, local), reading in zip(items, readings, strict=True):
-        run.record(s, False, local, 1.0, _Difference(*reading))
+        run.record(s, False, local, 1.0, reading)
     positions = np.arange(first, len(run.probes.segment), dtype=np.intp)
     owner = np.array([s for s, _ in items])
     members = {}

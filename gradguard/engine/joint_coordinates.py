@@ -24,39 +24,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gradguard.engine.numerics import GRADIENT_ULPS, Difference
 from gradguard.engine.spread import SPREAD_FACTOR
 from gradguard.errors import LossError
 
 if TYPE_CHECKING:
     from gradguard.engine.check import _Run
 
-__all__ = ["Reading", "read_jointly"]
+__all__ = ["read_jointly"]
 
-# The round-off of a less precise analytic gradient, per element, in units of its dtype's
-# round-off times (|g_i| + its tensor's RMS gradient): the per-coordinate allowance of
-# gradguard.engine.check (_GRADIENT_ULPS), here for the other coordinates' shares.
-_GRADIENT_ULPS = 32.0
 # The smallest fraction of its own step an element is moved by (a float32 element moved by
 # 1e-6 of its step would round back to itself).
 _LEAST_WEIGHT = 2.0**-10
 
 
-class Reading(NamedTuple):
-    """One coordinate's attributed central difference (fields of check's ``_Difference``)."""
-
-    numeric: float
-    analytic: float
-    forward: float
-    backward: float
-    roundoff: float
-    span: float
-
-
-def read_jointly(run: _Run, items: Sequence[tuple[int, int]]) -> list[Reading] | None:
+def read_jointly(run: _Run, items: Sequence[tuple[int, int]]) -> list[Difference] | None:
     """Move every ``(tensor, element)`` of ``items`` at once; one attributed reading each.
 
     Two evaluations; none and ``None`` when a step rounds to nothing in an element's dtype.
@@ -111,7 +97,7 @@ def read_jointly(run: _Run, items: Sequence[tuple[int, int]]) -> list[Reading] |
                 for s, _ in items
             ]
         )
-        extra += np.square(_GRADIENT_ULPS * run.u_grad * (np.abs(gs) + typical) * span)
+        extra += np.square(GRADIENT_ULPS * run.u_grad * (np.abs(gs) + typical) * span)
     if run.spreads.any():
         extra += np.square(SPREAD_FACTOR * run.spreads[[s for s, _ in items]] * span)
     others = np.sqrt(np.maximum(float(np.sum(extra)) - extra, 0.0))
@@ -120,7 +106,7 @@ def read_jointly(run: _Run, items: Sequence[tuple[int, int]]) -> list[Reading] |
     for k in range(xs.size):
         sign = 1.0 if signed_span[k] >= 0.0 else -1.0
         readings.append(
-            Reading(
+            Difference(
                 numeric=float(gs[k] + sign * delta / span[k]),
                 analytic=float(gs[k]),
                 forward=float(gs[k] + sign * forward_gap / abs(d_plus[k])),

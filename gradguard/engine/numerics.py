@@ -9,11 +9,15 @@ the function. ``docs/numerics.md`` has the measurements behind the constants bel
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "GRADIENT_ULPS",
     "SUPPORTED_DTYPES",
+    "Difference",
     "default_gradient_tolerance",
     "default_step",
     "default_tolerance",
@@ -22,6 +26,22 @@ __all__ = [
 ]
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+# The round-off of an analytic gradient computed in a less precise dtype than the loss, in
+# units of that dtype's round-off (float32 backprop: within 1 unit norm-wise on the zoo).
+GRADIENT_ULPS = 32.0
+
+
+class Difference(NamedTuple):
+    """One central difference, with its one-sided halves and round-off estimate."""
+
+    numeric: float
+    analytic: float
+    forward: float
+    backward: float
+    roundoff: float
+    span: float
+
 
 # Tolerance on the seed's relative difference for each dtype the loss is computed in.
 # Measured on the test zoo of correct hand-written backprops (docs/numerics.md): the worst
