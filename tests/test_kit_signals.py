@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,11 +58,12 @@ def test_the_applications_own_handler_is_called_and_kept() -> None:
         signal.signal(signal.SIGINT, old)
 
 
-@pytest.mark.parametrize("where", ["gc callback", "__del__"])
+@pytest.mark.parametrize("where", ["gc callback", "__del__", "weakref.finalize"])
 def test_a_sigint_that_lands_where_an_exception_is_dropped_is_held_not_lost(where: str) -> None:
-    """A SIGINT handled inside a gc callback (pytest plugins such as hypothesis register one)
-    or a ``__del__`` would raise a KeyboardInterrupt that Python only prints as unraisable:
-    the Ctrl-C was lost. It is held and delivered at the next section's end."""
+    """A SIGINT handled inside a gc callback (pytest plugins such as hypothesis register one),
+    a ``__del__`` or a weak reference's finalizer would raise a KeyboardInterrupt that Python
+    only prints as unraisable: the Ctrl-C was lost. It is held and delivered at the next
+    section's end."""
 
     fired: list[bool] = []
 
@@ -74,6 +76,9 @@ def test_a_sigint_that_lands_where_an_exception_is_dropped_is_held_not_lost(wher
         def __del__(self) -> None:
             signal.raise_signal(signal.SIGINT)
 
+    class Target:
+        pass
+
     after = False
     if where == "gc callback":
         gc.callbacks.append(interrupt)
@@ -81,8 +86,12 @@ def test_a_sigint_that_lands_where_an_exception_is_dropped_is_held_not_lost(wher
         with pytest.raises(KeyboardInterrupt), session():
             if where == "gc callback":
                 gc.collect()
-            else:
+            elif where == "__del__":
                 Finalized()  # dropped at once: __del__ runs here
+            else:
+                target = Target()
+                weakref.finalize(target, signal.raise_signal, signal.SIGINT)
+                del target  # the finalizer runs here, from weakref.finalize.__call__
             assert interrupt_pending()
             with deferred():
                 after = True

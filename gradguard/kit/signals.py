@@ -130,12 +130,23 @@ def _callback_codes() -> set[types.CodeType]:
     return codes
 
 
+# Weak-reference callbacks of the standard library (and torch's copy, torch/utils/weak.py):
+# the dictionaries' and sets' ``remove`` and ``weakref.finalize``. Called when an object dies,
+# whatever Python code is running; an exception there is dropped as unraisable.
+_WEAKREF_FILES = ("weakref.py", "_weakrefset.py", "weak.py")
+_WEAKREF_CALLBACKS = frozenset({"remove", "_remove", "__call__"})
+
+
 def _dropping(frame: types.FrameType | None) -> bool:
     """Whether an exception raised at ``frame`` would be dropped as unraisable: inside a gc
-    callback (pytest plugins such as hypothesis register one) or a ``__del__``."""
+    callback (pytest plugins such as hypothesis register one), a ``__del__`` or a weak
+    reference's callback."""
     callbacks = _callback_codes() if gc.callbacks else set()
     while frame is not None:
-        if frame.f_code.co_name == "__del__" or frame.f_code in callbacks:
+        code = frame.f_code
+        if code.co_name == "__del__" or code in callbacks:
+            return True
+        if code.co_name in _WEAKREF_CALLBACKS and code.co_filename.endswith(_WEAKREF_FILES):
             return True
         frame = frame.f_back
     return False
