@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from gloo_group import join_gloo  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
@@ -73,10 +74,7 @@ def _train(rank: int, out: pathlib.Path, tag: str, ranks: Any | None) -> dict[st
 
 def _worker(rank: int, out_dir: str) -> None:
     out = pathlib.Path(out_dir)
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=WORLD
-    )
+    join_gloo(rank, WORLD, out, DEADLINE_S)
     try:
         results = {
             "default": _train(rank, out, "default", (0,)),

@@ -26,6 +26,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
+from gloo_group import join_gloo  # noqa: E402
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.distributed.tensor.parallel import (  # noqa: E402
@@ -217,14 +218,7 @@ def _lightning_checks(mesh: Any) -> list[str]:
 
 def _fsdp_worker(rank: int, world: int, out_dir: str) -> None:
     out = pathlib.Path(out_dir)
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{out / 'rendezvous'}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=DEADLINE_S),
-    )
+    join_gloo(rank, world, out, DEADLINE_S)
     mesh = init_device_mesh("cpu", (world,))
     result: dict[str, Any] = {}
     result["correct"] = _check_pair(None, lambda m: _fsdp(m, mesh))
@@ -346,10 +340,7 @@ def _tp(model: Any, mesh: Any) -> Any:
 
 def _tp_worker(rank: int, world: int, out_dir: str) -> None:
     out = pathlib.Path(out_dir)
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=world
-    )
+    join_gloo(rank, world, out, DEADLINE_S)
     try:
         tp_mesh = init_device_mesh("cpu", (world,))
         mesh_2d = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("dp", "tp"))

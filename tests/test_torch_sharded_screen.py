@@ -11,7 +11,6 @@ still reach the verdict of the unsharded check, not stop at ``inconclusive``. On
 
 from __future__ import annotations
 
-import datetime
 import json
 import pathlib
 import time
@@ -24,6 +23,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
+from gloo_group import join_gloo  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
@@ -122,14 +122,7 @@ def _measured(check: Callable[[], gg.CheckReport]) -> dict[str, Any]:
 
 def _worker(rank: int, world: int, out_dir: str) -> None:
     out = pathlib.Path(out_dir)
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{out / 'rendezvous'}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=DEADLINE_S),
-    )
+    join_gloo(rank, world, out, DEADLINE_S)
     try:
         mesh = init_device_mesh("cpu", (world,))
         x = torch.randn(16, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
